@@ -1,0 +1,72 @@
+"""The demo / smoke config: a small CLIP-style dual encoder trained from scratch on RS-Synth.
+
+Sized so that `make demo` (install + data generation + training + evaluation) finishes within
+10 minutes on a 2-core CPU. `get_config("runlocal")` shrinks it further for quick checks.
+
+  rsjax train --config configs/smoke.py --workdir runs/demo
+  rsjax train --config configs/smoke.py:runlocal --workdir /tmp/x --set train.steps=20
+"""
+
+import ml_collections
+
+from rsjax.config import parse_arg
+
+
+def get_config(arg=None):
+  args = parse_arg(arg)
+  c = ml_collections.ConfigDict()
+
+  c.data = dict(
+      name="rs_synth",
+      seed=0,
+      image_size=64,
+      num_train=10000,
+      num_val=500,
+      num_test=1000,
+      cache_dir="",      # "" -> $RSJAX_CACHE or ~/.cache/rsjax
+  )
+
+  c.model = dict(
+      embed_dim=128,
+      dtype="float32",
+      activation="gelu",
+      remat=False,
+      init_logit_scale=2.6592,  # log(1 / 0.07), CLIP's initial temperature
+      image=dict(width=192, depth=4, heads=3, patch_size=8, mlp_ratio=4.0),
+      text=dict(vocab_size=256, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,
+                causal=True),
+  )
+
+  c.train = dict(
+      seed=0,
+      steps=600,
+      batch_size=256,
+      loss="clip",
+      learning_rate=2e-3,
+      warmup_steps=50,
+      final_lr_fraction=0.0,
+      weight_decay=0.1,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      grad_clip_norm=1.0,
+      log_every=25,
+      checkpoint_every=200,
+      keep_checkpoints=2,
+  )
+
+  c.eval = dict(split="test", batch_size=500, at_step0=True)
+
+  # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1).
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+
+  if "runlocal" in args:  # seconds-long run for checking that the path works
+    c.data.num_train = 512
+    c.data.num_val = 64
+    c.data.num_test = 1000
+    c.train.steps = 20
+    c.train.batch_size = 32
+    c.train.warmup_steps = 5
+    c.train.log_every = 5
+    c.train.checkpoint_every = 10
+  return c

@@ -1,0 +1,137 @@
+"""Config files as code (big_vision style) with overrides that fail early and clearly.
+
+A config is a Python file defining `get_config(arg: str | None) -> ConfigDict`. On the command line
+`configs/smoke.py:size=S,res=96` passes the text after ':' as `arg`; `--set train.steps=100` overrides a leaf.
+Unknown keys and wrong types raise `ConfigError` naming the key, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config file, override or value is wrong; the message names the key."""
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """'size=S,res=96' -> {'size': 'S', 'res': '96'}; a bare word 'x' -> {'x': ''}."""
+  out: dict[str, str] = {}
+  for part in (arg or "").split(","):
+    if not part:
+      continue
+    key, _, value = part.partition("=")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]`, applies `key=value` overrides, validates, returns a locked ConfigDict."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  module_spec = importlib.util.spec_from_file_location("rsjax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config(arg)")
+  config = module.get_config(arg or None)
+  config.lock()  # unknown keys now raise instead of silently creating new fields
+  for item in overrides:
+    apply_override(config, item)
+  validate(config)
+  return config
+
+
+def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    full = f"{prefix}{key}"
+    keys.append(full)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(_leaf_keys(value, full + "."))
+  return keys
+
+
+def _unknown_key(config: ml_collections.ConfigDict, key: str) -> ConfigError:
+  close = difflib.get_close_matches(key, _leaf_keys(config), n=1)
+  hint = f" (did you mean '{close[0]}'?)" if close else ""
+  return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, text: str, current: Any) -> Any:
+  """Turns override text into the type of the current value; raises ConfigError on mismatch."""
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text  # a None default accepts a plain string (e.g. a path)
+    raise ConfigError(f"config key '{key}': cannot parse {text!r} as {type(current).__name__}") from None
+  if current is None:
+    return value
+  if isinstance(current, bool):
+    if not isinstance(value, bool):
+      raise ConfigError(f"config key '{key}' expects a bool, got {text!r}")
+    return value
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(current)(value)
+  if type(value) is not type(current):
+    raise ConfigError(
+        f"config key '{key}' expects {type(current).__name__}, got {type(value).__name__} ({text!r})")
+  return value
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+  """Applies one 'a.b.c=value' override in place."""
+  key, sep, text = item.partition("=")
+  if not sep:
+    raise ConfigError(f"override {item!r} is not of the form key=value")
+  node = config
+  parts = key.strip().split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise _unknown_key(config, key.strip())
+    if i == len(parts) - 1:
+      current = node[part]
+      if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config key '{key}' is a section, not a value")
+      with node.unlocked():
+        node[part] = _coerce(key, text.strip(), current)
+    else:
+      node = node[part]
+
+
+def _require(cond: bool, message: str) -> None:
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values that would otherwise fail late (after compiling) or silently."""
+  t = config.train
+  _require(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
+  _require(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
+  _require(0 <= t.warmup_steps <= max(t.steps, 1), "train.warmup_steps must lie in [0, train.steps]")
+  _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
+  _require(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)")
+  m = config.model
+  for tower in ("image", "text"):
+    tc = m[tower]
+    _require(tc.width % tc.heads == 0, f"model.{tower}.width ({tc.width}) must be divisible by "
+             f"model.{tower}.heads ({tc.heads})")
+  _require(config.data.image_size % m.image.patch_size == 0,
+           f"data.image_size ({config.data.image_size}) must be divisible by "
+           f"model.image.patch_size ({m.image.patch_size})")
+  for axis in ("data", "fsdp", "tensor"):
+    size = config.mesh[axis]
+    _require(size == -1 or size >= 1, f"mesh.{axis} must be -1 (all remaining devices) or >= 1")

@@ -1,0 +1,1 @@
+"""Data: RS-Synth, data set loaders, tokenizers and grain pipelines."""

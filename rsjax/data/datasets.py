@@ -1,0 +1,90 @@
+"""Data sets by name: what `config.data.name` selects, as in-memory arrays ready for the pipeline.
+
+v1 knows the embedded RS-Synth set. Each loader returns `RetrievalData`: train images with all
+their captions tokenized, and evaluation splits flattened to one row per caption with the index of
+its image (the layout the recall metrics take).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+
+from rsjax.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
+
+
+@dataclasses.dataclass
+class EvalSplit:
+  images: np.ndarray          # [M, H, W, 3] uint8
+  tokens: np.ndarray          # [T, L] int32, one row per caption
+  text_to_image: np.ndarray   # [T] int32, image index of each caption
+  captions: list[str]         # [T]
+
+
+@dataclasses.dataclass
+class RetrievalData:
+  train_images: np.ndarray    # [N, H, W, 3] uint8
+  train_tokens: np.ndarray    # [N, C, L] int32, C captions per image (padding rows all 0)
+  eval_splits: dict[str, EvalSplit]
+  tokenizer: SentencePieceTokenizer
+
+
+def _tokenize_per_image(tokenizer, captions: list[list[str]], length: int) -> np.ndarray:
+  """Captions per image -> [N, C, L] with C the largest caption count; missing rows are padding."""
+  per_image = max(len(c) for c in captions)
+  flat = [t for caps in captions for t in caps]
+  ids = tokenizer.encode(flat, length)
+  out = np.zeros((len(captions), per_image, length), np.int32)
+  row = 0
+  for i, caps in enumerate(captions):
+    out[i, : len(caps)] = ids[row: row + len(caps)]
+    row += len(caps)
+  return out
+
+
+def _eval_split(tokenizer, images: np.ndarray, captions: list[list[str]], length: int) -> EvalSplit:
+  flat = [t for caps in captions for t in caps]
+  owner = np.asarray([i for i, caps in enumerate(captions) for _ in caps], np.int32)
+  return EvalSplit(images, tokenizer.encode(flat, length), owner, flat)
+
+
+def tokenizer_for(captions: list[str], workdir: str, vocab_size: int) -> SentencePieceTokenizer:
+  """The run's SentencePiece model: trained once on the training captions, kept in the workdir so
+  that resumed runs and later `rsjax eval` calls tokenize identically."""
+  path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.exists(path):
+    train_sentencepiece(captions, path, vocab_size=vocab_size)
+  return SentencePieceTokenizer(path)
+
+
+def load_rs_synth(data: ml_collections.ConfigDict, workdir: str, context_length: int,
+                  vocab_size: int, progress: bool = True) -> RetrievalData:
+  from rsjax.data import rs_synth  # generator code loads only when this data set is asked for
+
+  spec = rs_synth.SynthSpec(seed=data.seed, image_size=data.image_size,
+                            num_train=data.num_train, num_val=data.num_val,
+                            num_test=data.num_test)
+  splits = rs_synth.load_or_generate(spec, data.cache_dir or None, progress=progress)
+  captions = {s: [r["captions"] for r in recs] for s, (_, recs) in splits.items()}
+  tokenizer = tokenizer_for([c for caps in captions["train"] for c in caps], workdir, vocab_size)
+  return RetrievalData(
+      train_images=splits["train"][0],
+      train_tokens=_tokenize_per_image(tokenizer, captions["train"], context_length),
+      eval_splits={s: _eval_split(tokenizer, splits[s][0], captions[s], context_length)
+                   for s in ("val", "test")},
+      tokenizer=tokenizer)
+
+
+LOADERS = {"rs_synth": load_rs_synth}
+
+
+def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,
+                        progress: bool = True) -> RetrievalData:
+  name = config.data.name
+  if name not in LOADERS:
+    raise ValueError(f"config key 'data.name': unknown data set '{name}', choose from {sorted(LOADERS)}")
+  return LOADERS[name](config.data, workdir, config.model.text.context_length,
+                       config.model.text.vocab_size, progress)

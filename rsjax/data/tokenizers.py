@@ -1,0 +1,59 @@
+"""Tokenizers: SentencePiece models trained on a data set's captions.
+
+Ids follow one convention in all of rsjax: 0 = padding, and every encoded caption ends with the
+end-of-text id, which the text tower pools.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def train_sentencepiece(captions: Iterable[str], path: str | os.PathLike, vocab_size: int = 512,
+                        model_type: str = "unigram") -> str:
+  """Trains a SentencePiece model on `captions` and writes it to `path` atomically; returns the path.
+
+  `hard_vocab_limit=False` lets a small corpus (a synthetic grammar) end below `vocab_size`.
+  """
+  path = os.fspath(path)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(captions)), model_writer=model, vocab_size=vocab_size,
+      model_type=model_type, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+      hard_vocab_limit=False, character_coverage=1.0, num_threads=os.cpu_count() or 1,
+      minloglevel=2)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path) or ".", delete=False) as tmp:
+    tmp.write(model.getvalue())
+  os.replace(tmp.name, path)
+  return path
+
+
+class SentencePieceTokenizer:
+  """Wraps a SentencePiece model: texts -> int32 ids [N, length], end-of-text kept on truncation."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    self._sp = spm.SentencePieceProcessor(model_file=self.path)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
+    out = np.full((len(texts), length), PAD, np.int32)
+    for row, ids in enumerate(self._sp.encode(list(texts))):
+      ids = ids[: length - 1] + [EOS]
+      out[row, : len(ids)] = ids
+    return out
+
+  def decode(self, ids: np.ndarray) -> list[str]:
+    return [self._sp.decode([int(i) for i in row if i not in (PAD, EOS)]) for row in np.asarray(ids)]

@@ -1,0 +1,1 @@
+"""Flax (linen) models: ViT image tower, text transformer, heads, the two-tower retrieval model."""

@@ -1,0 +1,273 @@
+"""The trainer, read top to bottom: mesh -> input -> model -> shard -> update -> checkpoint -> eval -> loop.
+
+The train step is a pure function `(state, batch) -> (state, metrics)`, jitted with explicit in/out
+shardings. Parameters and optimizer state are laid out by the logical-axis rules in
+`rsjax.parallel`; the batch is split over the mesh's data-parallel axes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rsjax import evaluate, parallel
+from rsjax.checkpoint import Checkpointer, abstract_like
+from rsjax.data import pipeline
+from rsjax.data.datasets import RetrievalData, load_retrieval_data
+from rsjax.losses import contrastive_loss
+from rsjax.metric_writer import MetricWriter, log
+from rsjax.models.two_tower import TwoTower
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to train.learning_rate, then cosine decay to zero at train.steps."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps,
+      decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.learning_rate * t.final_lr_fraction)
+
+
+def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW; weight decay only on matrices (not on biases, norms, scalars), as CLIP does."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  chain = []
+  if t.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
+  chain.append(optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
+                           weight_decay=t.weight_decay, mask=decay_mask))
+  return optax.chain(*chain)
+
+
+def create_model(config: ml_collections.ConfigDict) -> TwoTower:
+  return TwoTower(config.model)
+
+
+def _boxed_state_fn(model: TwoTower, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable:
+  """key -> TrainState whose parameter leaves are boxed with their logical axis names."""
+  images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
+  ids = jnp.ones((1, config.model.text.context_length), jnp.int32)
+
+  def boxed_state(key):
+    params = model.init(key, images, ids)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  return boxed_state
+
+
+def state_layout(model: TwoTower, tx: optax.GradientTransformation,
+                 config: ml_collections.ConfigDict, mesh):
+  """(abstract state with shardings, state shardings) without allocating anything."""
+  boxed_state = _boxed_state_fn(model, tx, config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+    abstract = jax.eval_shape(boxed_state, jax.random.key(0))
+    shardings = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh)
+  return abstract_like(nn.meta.unbox(abstract), shardings), shardings
+
+
+def init_state(model: TwoTower, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, mesh, rng: jax.Array):
+  """Initialises the train state directly in its sharded layout. Returns (state, state_shardings)."""
+  boxed_state = _boxed_state_fn(model, tx, config)
+  _, shardings = state_layout(model, tx, config, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+    state = jax.jit(lambda key: nn.meta.unbox(boxed_state(key)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable:
+  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics)."""
+  loss_name = config.train.loss
+
+  def train_step(state: TrainState, batch: dict):
+    def loss_fn(params):
+      out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
+                        batch["tokens"])
+      return contrastive_loss(loss_name, out), out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "logit_scale": out["logit_scale"],
+               "grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def compile_train_step(train_step, state_shardings, mesh):
+  batch_shardings = {"image": parallel.batch_sharding(mesh),
+                     "tokens": parallel.batch_sharding(mesh)}
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (the cloud TPU / SLURM pre-emption notice): the loop checkpoints and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a test runner thread): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _evaluate(model, params, data: RetrievalData, config, mesh) -> dict[str, float]:
+  split = data.eval_splits[config.eval.split]
+  return evaluate.evaluate_split(model, params, split, mesh, config.eval.batch_size)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
+          crash_after_step: int | None = None) -> dict:
+  """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns eval metrics.
+
+  `crash_after_step` raises right after that step (and its checkpoint, if one is due): tests use it
+  to stand for a run killed mid-way.
+  """
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config, devices)
+  parallel.check_batch(t.batch_size, mesh)
+  log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)")
+
+  # Input.
+  data = load_retrieval_data(config, workdir)
+  if data.tokenizer.vocab_size > config.model.text.vocab_size:
+    raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
+                     f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+  train_iter = pipeline.train_iterator(
+      data.train_images, data.train_tokens, t.batch_size, t.seed,
+      jax.process_index(), jax.process_count())
+
+  # Model, optimizer, sharded state.
+  model = create_model(config)
+  tx = make_optimizer(t)
+  state, shardings = init_state(model, tx, config, mesh, jax.random.key(t.seed))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f"model: {n_params / 1e6:.2f}M parameters")
+
+  # Resume.
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, abstract_like(state, shardings), train_iter)
+    log(f"resumed from checkpoint at step {start}")
+  start = int(start or 0)
+
+  step0_path = os.path.join(workdir, "step0_eval.json")
+  if config.eval.at_step0 and not os.path.exists(step0_path):
+    if start != 0:
+      log("no step-0 evaluation recorded before this checkpoint; skipping it")
+    else:
+      step0 = _evaluate(model, state.params, data, config, mesh)
+      _write_json(step0_path, step0)
+      log(f"step 0: test mR {step0['mR']:.2f}")
+
+  step_fn = compile_train_step(make_train_step(model, tx, config), shardings, mesh)
+  schedule = learning_rate_schedule(t)
+  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+  tick, tick_step = time.perf_counter(), start
+  with _PreemptionFlag() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+    for step in range(start + 1, t.steps + 1):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, m = step_fn(state, batch)
+      loss = float(jax.block_until_ready(m["loss"]))  # blocking also avoids CPU collective stalls
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}; stopping. The last good checkpoint is step "
+            f"{ckpt.latest_step()} in {ckpt.directory}")
+      if step % t.log_every == 0 or step == t.steps:
+        now = time.perf_counter()
+        rate = (step - tick_step) * t.batch_size / (now - tick)
+        row = {"step": step, "loss": loss, "lr": float(schedule(step - 1)),
+               "logit_scale": float(m["logit_scale"]), "grad_norm": float(m["grad_norm"]),
+               "images_per_s": rate}
+        writer.write(row)
+        eta = (t.steps - step) * t.batch_size / max(rate, 1e-9)
+        log(f"step {step:>6}/{t.steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
+            f"{rate:7.1f} img/s | eta {eta / 60:.1f} min")
+        tick, tick_step = now, step
+      due = t.checkpoint_every and step % t.checkpoint_every == 0
+      if due or step == t.steps or preempt.requested:
+        ckpt.save(step, state, train_iter, config)
+      if preempt.requested:
+        log(f"SIGTERM received: checkpoint written at step {step}; exiting")
+        ckpt.close()
+        return {}
+      if crash_after_step == step:
+        raise RuntimeError(f"simulated crash after step {step}")
+  ckpt.close()
+
+  results = _evaluate(model, state.params, data, config, mesh)
+  if os.path.exists(step0_path):
+    with open(step0_path) as f:
+      results["step0"] = json.load(f)
+  results["step"] = t.steps
+  _write_json(os.path.join(workdir, "eval.json"), results)
+  rows = {"step 0 (untrained)": results["step0"]} if "step0" in results else {}
+  rows[f"step {t.steps}"] = results
+  log(f"{config.eval.split} split retrieval (percent):\n" + evaluate.format_table(rows))
+  return results
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """`rsjax eval`: evaluates the latest checkpoint in `workdir` on config.eval.split."""
+  mesh = parallel.make_mesh(config, devices)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first")
+  data = load_retrieval_data(config, workdir)
+  model = create_model(config)
+  abstract, _ = state_layout(model, make_optimizer(config.train), config, mesh)
+  state = ckpt.restore(step, abstract)
+  ckpt.close()
+  results = _evaluate(model, state.params, data, config, mesh)
+  results["step"] = step
+  _write_json(os.path.join(workdir, f"eval_{config.eval.split}_step{step}.json"), results)
+  log(f"{config.eval.split} split retrieval at step {step} (percent):\n"
+      + evaluate.format_table({f"step {step}": results}))
+  return results
+
+
+def _write_json(path: str, obj: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)

@@ -1,0 +1,23 @@
+"""Small configs shared by tests."""
+
+import sys
+import pathlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from rsjax.config import load_config  # noqa: E402
+
+SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py")
+
+
+def tiny_config(*overrides: str):
+  """The smoke config shrunk to a model that compiles and steps in about a second."""
+  base = [
+      "data.image_size=32", "data.num_train=64", "data.num_val=8", "data.num_test=16",
+      "model.embed_dim=16",
+      "model.image.width=32", "model.image.depth=1", "model.image.heads=2", "model.image.patch_size=8",
+      "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
+      "train.batch_size=16", "train.steps=6", "train.warmup_steps=2", "train.log_every=1",
+      "train.checkpoint_every=2", "eval.batch_size=16",
+  ]
+  return load_config(SMOKE, base + list(overrides))

@@ -1,0 +1,51 @@
+"""Data-parallel training on 8 fake CPU devices equals training on 1 device."""
+
+import jax
+import numpy as np
+
+from helpers import tiny_config
+from rsjax import parallel, train
+
+
+def _run_steps(config, devices, batches):
+  mesh = parallel.make_mesh(config, devices)
+  model = train.create_model(config)
+  tx = train.make_optimizer(config.train)
+  state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
+  step_fn = train.compile_train_step(train.make_train_step(model, tx, config), shardings, mesh)
+  losses = []
+  with jax.set_mesh(mesh):
+    for batch in batches:
+      state, m = step_fn(state, parallel.shard_batch(batch, mesh))
+      losses.append(float(jax.block_until_ready(m["loss"])))
+  return losses, jax.device_get(state.params)
+
+
+def test_eight_devices_match_one():
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  config = tiny_config()
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+              "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
+                                        np.zeros((16, 13), int)], 1).astype(np.int32)}
+             for _ in range(3)]
+  loss1, params1 = _run_steps(config, jax.devices()[:1], batches)
+  loss8, params8 = _run_steps(config, jax.devices(), batches)
+  mesh8 = parallel.make_mesh(config, jax.devices())
+  assert dict(mesh8.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  assert loss1[-1] != loss1[0]  # the steps really updated something
+  flat1 = jax.tree.leaves(params1)
+  flat8 = jax.tree.leaves(params8)
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_mesh_errors_name_the_problem():
+  import pytest
+  config = tiny_config("mesh.data=3")
+  with pytest.raises(parallel.MeshError, match="does not divide 8 devices"):
+    parallel.make_mesh(config)
+  config = tiny_config("train.batch_size=12")
+  with pytest.raises(parallel.MeshError, match="not divisible by the 8 data-parallel"):
+    parallel.check_batch(config.train.batch_size, parallel.make_mesh(config))
