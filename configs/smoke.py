@@ -32,9 +32,10 @@ def get_config(arg=None):
       activation="gelu",
       remat=False,
       init_logit_scale=2.6592,  # log(1 / 0.07), CLIP's initial temperature
-      image=dict(width=192, depth=4, heads=3, patch_size=8, mlp_ratio=4.0),
+      image=dict(width=192, depth=4, heads=3, patch_size=8, mlp_ratio=4.0, stem="conv",
+                 pool="gap"),
       text=dict(vocab_size=256, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,
-                causal=True),
+                causal=False, pool="mean"),
   )
 
   c.train = dict(

@@ -121,7 +121,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   _require(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
   _require(t.steps >= 0, f"train.steps must be >= 0, got {t.steps}")
-  _require(0 <= t.warmup_steps <= max(t.steps, 1), "train.warmup_steps must lie in [0, train.steps]")
+  _require(0 <= t.warmup_steps <= max(t.steps, 1), f"train.warmup_steps ({t.warmup_steps}) must lie in [0, train.steps={t.steps}]")
   _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
   _require(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)")
   m = config.model

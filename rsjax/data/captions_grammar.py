@@ -63,7 +63,7 @@ VIEWS = ("an aerial image", "an aerial view", "a satellite image", "a remote sen
          "an overhead image")
 
 # Land cover phrases by grammatical slot: after "of" (scene), as a sentence subject (area), and
-# after "of the" (of_the). The first word of LANDCOVER_WORDS[lc] entries is what tests look for.
+# after "of the" (of_the).
 LANDCOVER_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "water": {"scene": ("open water", "a lake"), "area": ("a water area", "a lake"),
               "of_the": ("water", "lake")},
@@ -79,7 +79,7 @@ LANDCOVER_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "grassland": {"scene": ("grassland", "a meadow"), "area": ("a grassland area", "a meadow"),
                   "of_the": ("grassland", "meadow")},
 }
-# Words any land cover phrase of that class contains (one of them), for tests and analysis.
+# Every land cover phrase contains one of these words (for tests and analysis).
 LANDCOVER_WORDS: dict[str, frozenset[str]] = {
     "water": frozenset({"water", "lake"}), "forest": frozenset({"forest", "woodland"}),
     "farmland": frozenset({"farmland", "cropland", "agricultural", "fields"}),

@@ -24,6 +24,7 @@ class TextTransformer(nn.Module):
   heads: int
   embed_dim: int
   causal: bool = True
+  pool: str = "eot"  # "eot" (CLIP layout) or "mean" over real tokens (learns faster from scratch)
   mlp_ratio: float = 4.0
   activation: str = "gelu"
   remat: bool = False
@@ -49,8 +50,14 @@ class TextTransformer(nn.Module):
     x, _ = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
                    (), **kw, name="encoder")(x, mask)
     x = LayerNorm(**kw, name="ln_final")(x)
-    last = jnp.maximum(valid.sum(-1) - 1, 0)  # index of the end-of-text token
-    pooled = x[jnp.arange(batch), last]
+    if self.pool == "eot":
+      last = jnp.maximum(valid.sum(-1) - 1, 0)  # index of the end-of-text token
+      pooled = x[jnp.arange(batch), last]
+    elif self.pool == "mean":
+      weights = valid.astype(x.dtype)[..., None]
+      pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    else:
+      raise ValueError(f"unknown text pooling '{self.pool}' (use 'eot' or 'mean')")
     proj = self.param("proj", logical(nn.initializers.normal(self.width ** -0.5), ("embed", None)),
                       (self.width, self.embed_dim), self.param_dtype)
     return {"embedding": pooled @ proj.astype(self.dtype), "tokens": x}

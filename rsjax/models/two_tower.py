@@ -28,11 +28,11 @@ class TwoTower(nn.Module):
     self.image = VisionTransformer(
         width=c.image.width, depth=c.image.depth, heads=c.image.heads,
         patch_size=c.image.patch_size, embed_dim=c.embed_dim, mlp_ratio=c.image.mlp_ratio,
-        activation=c.activation, **kw)
+        stem=c.image.stem, pool=c.image.pool, activation=c.activation, **kw)
     self.text = TextTransformer(
         vocab_size=c.text.vocab_size, context_length=c.text.context_length, width=c.text.width,
         depth=c.text.depth, heads=c.text.heads, embed_dim=c.embed_dim, causal=c.text.causal,
-        mlp_ratio=c.text.mlp_ratio, activation=c.activation, **kw)
+        pool=c.text.pool, mlp_ratio=c.text.mlp_ratio, activation=c.activation, **kw)
     self.head = ContrastiveHead(init_logit_scale=c.init_logit_scale)
 
   def encode_image(self, images: jax.Array) -> jax.Array:

@@ -7,6 +7,9 @@ pyramid (model-family issue) builds on.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,16 +37,39 @@ class VisionTransformer(nn.Module):
   activation: str = "gelu"
   remat: bool = False
   taps: tuple[int, ...] = ()
+  stem: str = "patch"  # "patch" (CLIP layout) or "conv" (stride-2 3x3 convs: faster to train)
+  pool: str = "cls"  # "cls" (CLIP layout) or "gap" (mean of patch tokens: learns faster from scratch)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def _embed_patches(self, images: jax.Array) -> jax.Array:
+    """[B, H, W, C] -> [B, H/p, W/p, D]."""
+    p = self.patch_size
+    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.stem == "patch":
+      return conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                  kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                  name="patch_embed")(images)
+    if self.stem != "conv":
+      raise ValueError(f"unknown stem '{self.stem}' (use 'patch' or 'conv')")
+    # Early convolutions (Xiao et al. 2021): log2(p) stride-2 3x3 convs, widths doubling up to D.
+    # They make a small ViT train faster and keep detail from objects of a few pixels.
+    n = int(math.log2(p))
+    if 2 ** n != p:
+      raise ValueError(f"the conv stem needs a power-of-two patch size, got {p}")
+    x = images
+    for i in range(n):
+      channels = self.width // 2 ** (n - 1 - i)
+      x = conv(channels, (3, 3), strides=(2, 2), padding="SAME", name=f"stem_conv{i}",
+               kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, None)))(x)
+      if i < n - 1:
+        x = nn.gelu(x)
+    return conv(self.width, (1, 1), name="stem_proj",
+                kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")))(x)
+
   @nn.compact
   def __call__(self, images: jax.Array) -> dict:
-    p = self.patch_size
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                dtype=self.dtype, param_dtype=self.param_dtype,
-                kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                name="patch_embed")(images.astype(self.dtype))
+    x = self._embed_patches(images.astype(self.dtype))
     batch, gh, gw, _ = x.shape
     x = x.reshape(batch, gh * gw, self.width)
     scale = self.width ** -0.5
@@ -57,7 +83,13 @@ class VisionTransformer(nn.Module):
     x = LayerNorm(**kw, name="ln_pre")(x)
     x, tapped = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
                         self.taps, **kw, name="encoder")(x)
-    pooled = LayerNorm(**kw, name="ln_post")(x[:, 0])
+    if self.pool == "cls":
+      pooled = x[:, 0]
+    elif self.pool == "gap":
+      pooled = x[:, 1:].mean(1)
+    else:
+      raise ValueError(f"unknown image pooling '{self.pool}' (use 'cls' or 'gap')")
+    pooled = LayerNorm(**kw, name="ln_post")(pooled)
     proj = self.param("proj", logical(nn.initializers.normal(scale), ("embed", None)),
                       (self.width, self.embed_dim), self.param_dtype)
     embedding = pooled @ proj.astype(self.dtype)

@@ -1,0 +1,46 @@
+"""Shared output for benchmark scripts: one markdown table on stdout, the same rows as JSON.
+
+Every script under benchmarks/ ends with `report(rows, __file__)`, which prints the table and
+writes `benchmarks/results/<script name>.json`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from typing import Sequence
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  if not rows:
+    return "(no rows)"
+  columns = list(rows[0])
+  for row in rows[1:]:
+    columns += [c for c in row if c not in columns]
+
+  def cell(v):
+    if isinstance(v, float):
+      return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def report(rows: Sequence[dict], script: str, meta: dict | None = None) -> str:
+  """Prints the table and writes results/<script>.json; returns the JSON path."""
+  print(markdown_table(rows), flush=True)
+  name = os.path.splitext(os.path.basename(script))[0]
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  path = os.path.join(RESULTS_DIR, f"{name}.json")
+  payload = {"script": name, "date": datetime.datetime.now(datetime.UTC).isoformat(),
+             "machine": platform.platform(), "cpu_count": os.cpu_count(), **(meta or {}),
+             "rows": list(rows)}
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2)
+  return path
