@@ -46,7 +46,7 @@ def measure(config, steps: int) -> dict:
   model = train.create_model(config)
   tx = train.make_optimizer(config.train)
   state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
-  step_fn = train.compile_train_step(train.make_train_step(model, tx, config), shardings, mesh)
+  step_fn = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
   b, s, length = config.train.batch_size, config.data.image_size, config.model.text.context_length
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),

@@ -10,6 +10,7 @@ Sized so that `make demo` (install + data generation + training + evaluation) fi
 import ml_collections
 
 from rsjax.config import parse_arg
+from rsjax.models.registry import default_model_config
 
 
 def get_config(arg=None):
@@ -26,23 +27,23 @@ def get_config(arg=None):
       cache_dir="",      # "" -> $RSJAX_CACHE or ~/.cache/rsjax
   )
 
-  c.model = dict(
-      embed_dim=128,
-      dtype="float32",
-      activation="gelu",
-      remat=False,
-      init_logit_scale=2.6592,  # log(1 / 0.07), CLIP's initial temperature
-      image=dict(width=192, depth=4, heads=3, patch_size=8, mlp_ratio=4.0, stem="conv",
-                 pool="gap"),
-      text=dict(vocab_size=256, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,
-                causal=False, pool="mean"),
-  )
+  # Keys and their meaning: rsjax/models/registry.py (default_model_config).
+  c.model = default_model_config()
+  c.model.update(embed_dim=128)
+  c.model.image.update(width=192, depth=4, heads=3, patch_size=8, stem="conv", pool="gap")
+  c.model.text.update(vocab_size=512, context_length=24, width=128, depth=3, heads=2,
+                      causal=False, pool="mean")
 
   c.train = dict(
       seed=0,
       steps=600,
       batch_size=256,
-      loss="clip",
+      loss="clip",           # clip | siglip | triplet_hardest | triplet_sum
+      sharded_loss=True,     # exact ring loss over data-parallel devices (no global [B, B] logits)
+      triplet_margin=0.2,
+      # Hashing terms (used when model.hashing.bits > 0), see rsjax.losses.hashing_loss.
+      hash_weights=dict(contrastive=0.0, similarity=1.0, quantization=0.1, balance=0.01),
+      hash_temperature=0.3,
       learning_rate=2e-3,
       warmup_steps=50,
       final_lr_fraction=0.0,
@@ -56,7 +57,8 @@ def get_config(arg=None):
       keep_checkpoints=2,
   )
 
-  c.eval = dict(split="test", batch_size=500, at_step0=True)
+  # every: evaluate on the val split every N steps (0: only at the end, on eval.split).
+  c.eval = dict(split="test", batch_size=500, at_step0=True, every=0)
 
   # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1).
   c.mesh = dict(data=-1, fsdp=1, tensor=1)

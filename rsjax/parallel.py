@@ -29,6 +29,7 @@ RULES = (
     ("kv", None),
     ("vocab", "tensor"),
     ("length", None),
+    ("layers", None),  # the stacked-layer axis of scanned encoders stays whole
 )
 
 

@@ -25,7 +25,8 @@ from rsjax import evaluate, parallel
 from rsjax.checkpoint import Checkpointer, abstract_like
 from rsjax.data import pipeline
 from rsjax.data.datasets import RetrievalData, load_retrieval_data
-from rsjax.losses import contrastive_loss
+from rsjax.losses import contrastive_loss, hashing_loss
+from rsjax.models.heads import hash_beta
 from rsjax.metric_writer import MetricWriter, log
 from rsjax.models.two_tower import TwoTower
 
@@ -97,21 +98,39 @@ def init_state(model: TwoTower, tx: optax.GradientTransformation,
 
 
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable:
-  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics)."""
-  loss_name = config.train.loss
+                    config: ml_collections.ConfigDict, mesh=None) -> Callable:
+  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
+
+  With a mesh of several data-parallel devices and train.sharded_loss, the contrastive loss runs as
+  an exact ring over the devices (no device holds the global [B, B] logits).
+  """
+  t, hashing = config.train, config.model.hashing
+  ring_mesh = mesh if (t.sharded_loss and mesh is not None
+                       and parallel.data_parallel_size(mesh) > 1) else None
 
   def train_step(state: TrainState, batch: dict):
+    beta = hash_beta(state.step, t.steps, hashing.beta_start, hashing.beta_end)
+
     def loss_fn(params):
       out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
-                        batch["tokens"])
-      return contrastive_loss(loss_name, out), out
+                        batch["tokens"], hash_beta=beta)
+      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
+      terms = {"contrastive_loss": loss}
+      if hashing.bits:
+        # Relevance by pairing: image i and caption j are similar only when i == j.
+        similarity = jnp.eye(out["image_hash"].shape[0], dtype=jnp.float32)
+        hash_total, hash_terms = hashing_loss(
+            out["image_hash"], out["text_hash"], t.hash_weights, similarity=similarity,
+            temperature=t.hash_temperature)
+        loss = loss + hash_total
+        terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
+      return loss, (out, terms)
 
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (out, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "logit_scale": out["logit_scale"],
-               "grad_norm": optax.tree.norm(grads)}
+               "grad_norm": optax.tree.norm(grads), **terms}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -197,7 +216,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
       _write_json(step0_path, step0)
       log(f"step 0: test mR {step0['mR']:.2f}")
 
-  step_fn = compile_train_step(make_train_step(model, tx, config), shardings, mesh)
+  step_fn = compile_train_step(make_train_step(model, tx, config, mesh), shardings, mesh)
   schedule = learning_rate_schedule(t)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   tick, tick_step = time.perf_counter(), start
@@ -212,15 +231,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
             f"{ckpt.latest_step()} in {ckpt.directory}")
       if step % t.log_every == 0 or step == t.steps:
         now = time.perf_counter()
-        rate = (step - tick_step) * t.batch_size / (now - tick)
+        rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
         row = {"step": step, "loss": loss, "lr": float(schedule(step - 1)),
-               "logit_scale": float(m["logit_scale"]), "grad_norm": float(m["grad_norm"]),
-               "images_per_s": rate}
+               **{k: float(v) for k, v in m.items() if k != "loss"}, "images_per_s": rate}
         writer.write(row)
         eta = (t.steps - step) * t.batch_size / max(rate, 1e-9)
         log(f"step {step:>6}/{t.steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
             f"{rate:7.1f} img/s | eta {eta / 60:.1f} min")
         tick, tick_step = now, step
+      if step == start + 1:  # leave compilation out of the images/s figure
+        tick, tick_step = time.perf_counter(), step
+      if config.eval.every and step % config.eval.every == 0 and step != t.steps:
+        eval_start = time.perf_counter()
+        periodic = evaluate.evaluate_split(model, state.params, data.eval_splits["val"], mesh,
+                                           config.eval.batch_size)
+        writer.write({"step": step, **{f"val_{k}": v for k, v in periodic.items()}})
+        log(f"step {step:>6}/{t.steps} | val mR {periodic['mR']:.2f} "
+            f"(R@1/5/10 i2t {periodic['i2t_r1']:.1f}/{periodic['i2t_r5']:.1f}/"
+            f"{periodic['i2t_r10']:.1f}, t2i {periodic['t2i_r1']:.1f}/{periodic['t2i_r5']:.1f}/"
+            f"{periodic['t2i_r10']:.1f})")
+        tick += time.perf_counter() - eval_start  # keep evaluation out of the images/s figure
       due = t.checkpoint_every and step % t.checkpoint_every == 0
       if due or step == t.steps or preempt.requested:
         ckpt.save(step, state, train_iter, config)

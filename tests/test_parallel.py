@@ -12,7 +12,7 @@ def _run_steps(config, devices, batches):
   model = train.create_model(config)
   tx = train.make_optimizer(config.train)
   state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
-  step_fn = train.compile_train_step(train.make_train_step(model, tx, config), shardings, mesh)
+  step_fn = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
   losses = []
   with jax.set_mesh(mesh):
     for batch in batches:

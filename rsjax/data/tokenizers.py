@@ -18,10 +18,12 @@ PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 def train_sentencepiece(captions: Iterable[str], path: str | os.PathLike, vocab_size: int = 512,
-                        model_type: str = "unigram") -> str:
+                        model_type: str = "bpe") -> str:
   """Trains a SentencePiece model on `captions` and writes it to `path` atomically; returns the path.
 
-  `hard_vocab_limit=False` lets a small corpus (a synthetic grammar) end below `vocab_size`.
+  BPE by default: on a small caption vocabulary it keeps whole words as pieces, where a unigram
+  model fragments them ("th re e") and doubles caption lengths. `hard_vocab_limit=False` lets a small
+  corpus end below `vocab_size`.
   """
   path = os.fspath(path)
   model = io.BytesIO()

@@ -110,27 +110,72 @@ class Block(nn.Module):
     return x
 
 
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class _ScanBlock(nn.Module):
+  """Block in the (carry, x) -> (carry, y) form nn.scan needs."""
+  num_heads: int
+  mlp_ratio: float
+  activation: str
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, mask):
+    return Block(self.num_heads, self.mlp_ratio, self.activation, self.dtype, self.param_dtype,
+                 name="block")(x, mask), None
+
+
 class Encoder(nn.Module):
   """A stack of `depth` blocks. Returns the final tokens and the outputs of the layers in `taps`.
 
   x: [B, L, D] -> ([B, L, D], {layer_index: [B, L, D]}).
+  remat: a REMAT_POLICIES name (recompute activations in the backward pass to save memory).
+  scan: run the blocks with nn.scan (parameters stacked on a leading `layers` axis), which compiles
+  a deep stack once instead of `depth` times. Taps split the stack into scanned segments.
   """
   depth: int
   num_heads: int
   mlp_ratio: float = 4.0
   activation: str = "gelu"
-  remat: bool = False
+  remat: str = "none"
+  scan: bool = False
   taps: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None):
-    block_cls = nn.remat(Block) if self.remat else Block
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy '{self.remat}', choose from {sorted(REMAT_POLICIES)}")
+    policy = REMAT_POLICIES[self.remat]
+    kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, activation=self.activation,
+              dtype=self.dtype, param_dtype=self.param_dtype)
     tapped = {}
-    for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_ratio, self.activation, self.dtype,
-                    self.param_dtype, name=f"block{i}")(x, mask)
-      if i in self.taps:
-        tapped[i] = x
+    if not self.scan:
+      block_cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)
+      for i in range(self.depth):
+        x = block_cls(**kw, name=f"block{i}")(x, mask)
+        if i in self.taps:
+          tapped[i] = x
+      return x, tapped
+    block_cls = _ScanBlock if self.remat == "none" else nn.remat(_ScanBlock, policy=policy,
+                                                                 prevent_cse=False)
+    # Segment ends: every tap, then the last layer.
+    ends = sorted({t for t in self.taps if t < self.depth - 1} | {self.depth - 1})
+    first = 0
+    for end in ends:
+      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=nn.broadcast, length=end - first + 1,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(**kw, name=f"blocks{first}_{end}")(x, mask)
+      if end in self.taps:
+        tapped[end] = x
+      first = end + 1
     return x, tapped

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
 
 PAD_ID = 0
@@ -24,10 +25,14 @@ class TextTransformer(nn.Module):
   heads: int
   embed_dim: int
   causal: bool = True
-  pool: str = "eot"  # "eot" (CLIP layout) or "mean" over real tokens (learns faster from scratch)
+  # "eot" (CLIP layout: the end-of-text token), "cls" (a learned token prepended; use with
+  # causal=False) or "mean" over real tokens (learns fastest from scratch).
+  pool: str = "eot"
   mlp_ratio: float = 4.0
   activation: str = "gelu"
-  remat: bool = False
+  remat: str = "none"
+  scan: bool = False
+  projection: str = "linear"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -42,15 +47,25 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width), self.param_dtype)
     x = jnp.take(embed, ids, axis=0).astype(self.dtype) + pos[:length].astype(self.dtype)
     valid = ids != PAD_ID  # [B, L]
+    if self.pool == "cls":
+      if self.causal:
+        raise ValueError("text pool 'cls' needs causal=False: a causal first token sees nothing")
+      cls = self.param("cls", logical(nn.initializers.normal(0.02), ("embed",)), (self.width,),
+                       self.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width)), x], 1)
+      valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], 1)
+      length += 1
     # Keys must be real tokens; causal towers also see only earlier positions.
     mask = valid[:, None, None, :]
     if self.causal:
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x, _ = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
-                   (), **kw, name="encoder")(x, mask)
+                   self.scan, (), **kw, name="encoder")(x, mask)
     x = LayerNorm(**kw, name="ln_final")(x)
-    if self.pool == "eot":
+    if self.pool == "cls":
+      pooled = x[:, 0]
+    elif self.pool == "eot":
       last = jnp.maximum(valid.sum(-1) - 1, 0)  # index of the end-of-text token
       pooled = x[jnp.arange(batch), last]
     elif self.pool == "mean":
@@ -58,6 +73,5 @@ class TextTransformer(nn.Module):
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     else:
       raise ValueError(f"unknown text pooling '{self.pool}' (use 'eot' or 'mean')")
-    proj = self.param("proj", logical(nn.initializers.normal(self.width ** -0.5), ("embed", None)),
-                      (self.width, self.embed_dim), self.param_dtype)
-    return {"embedding": pooled @ proj.astype(self.dtype), "tokens": x}
+    embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
+    return {"embedding": embedding, "tokens": x}

@@ -1,4 +1,5 @@
-"""The retrieval model: an image tower and a text tower meeting in one embedding space."""
+"""The retrieval model: an image tower and a text tower meeting in one embedding space, assembled
+from the `model` section of a config (which towers, which heads)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,47 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rsjax.models.heads import ContrastiveHead, l2_normalize
+from rsjax.models.heads import ContrastiveHead, HashingHead, l2_normalize, pack_codes
 from rsjax.models.text import TextTransformer
 from rsjax.models.vit import VisionTransformer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _levels(pyramid: ml_collections.ConfigDict) -> tuple[tuple[int, int], ...]:
+  return tuple((int(layer), int(stride)) for layer, stride in zip(pyramid.taps, pyramid.strides))
+
+
 class TwoTower(nn.Module):
   """encode_image: [B, H, W, 3] -> [B, E] unit norm; encode_text: [B, L] -> [B, E] unit norm.
 
-  `__call__` returns everything the losses need: normalised embeddings plus logit scale and bias.
+  `__call__` returns what the losses need: normalised embeddings, logit scale and bias, and, with a
+  hashing head (model.hashing.bits > 0), relaxed codes tanh(beta * z) [B, K] of both modalities.
   """
   config: ml_collections.ConfigDict  # the `model` section of a run config
 
   def setup(self):
     c = self.config
-    dtype = DTYPES[c.dtype]
-    kw = dict(dtype=dtype, param_dtype=jnp.float32, remat=c.remat)
+    if c.dtype not in DTYPES:
+      raise ValueError(f"config key 'model.dtype': unknown dtype '{c.dtype}', choose from {sorted(DTYPES)}")
+    kw = dict(dtype=DTYPES[c.dtype], param_dtype=jnp.float32, remat=c.remat, scan=c.scan,
+              projection=c.projection, activation=c.activation)
+    pyramid = c.image.pyramid
     self.image = VisionTransformer(
         width=c.image.width, depth=c.image.depth, heads=c.image.heads,
         patch_size=c.image.patch_size, embed_dim=c.embed_dim, mlp_ratio=c.image.mlp_ratio,
-        stem=c.image.stem, pool=c.image.pool, activation=c.activation, **kw)
+        stem=c.image.stem, pool=c.image.pool,
+        pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
+        pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool, **kw)
     self.text = TextTransformer(
         vocab_size=c.text.vocab_size, context_length=c.text.context_length, width=c.text.width,
         depth=c.text.depth, heads=c.text.heads, embed_dim=c.embed_dim, causal=c.text.causal,
-        pool=c.text.pool, mlp_ratio=c.text.mlp_ratio, activation=c.activation, **kw)
-    self.head = ContrastiveHead(init_logit_scale=c.init_logit_scale)
+        pool=c.text.pool, mlp_ratio=c.text.mlp_ratio, **kw)
+    self.head = ContrastiveHead(init_logit_scale=c.init_logit_scale,
+                                init_logit_bias=c.init_logit_bias, use_bias=c.logit_bias)
+    if c.hashing.bits:
+      self.image_hash = HashingHead(c.hashing.bits)
+      self.text_hash = HashingHead(c.hashing.bits)
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     return l2_normalize(self.image(images)["embedding"])
@@ -41,6 +56,20 @@ class TwoTower(nn.Module):
   def encode_text(self, ids: jax.Array) -> jax.Array:
     return l2_normalize(self.text(ids)["embedding"])
 
-  def __call__(self, images: jax.Array, ids: jax.Array) -> dict:
-    img, txt, scale, bias = self.head(self.image(images)["embedding"], self.text(ids)["embedding"])
-    return {"image": img, "text": txt, "logit_scale": scale, "logit_bias": bias}
+  def hash_image(self, images: jax.Array) -> jax.Array:
+    """Bit-packed image codes uint8 [B, K/8]."""
+    return pack_codes(self.image_hash(self.image(images)["embedding"], train=False))
+
+  def hash_text(self, ids: jax.Array) -> jax.Array:
+    """Bit-packed text codes uint8 [B, K/8]."""
+    return pack_codes(self.text_hash(self.text(ids)["embedding"], train=False))
+
+  def __call__(self, images: jax.Array, ids: jax.Array, hash_beta: jax.Array | float = 1.0) -> dict:
+    img = self.image(images)["embedding"]
+    txt = self.text(ids)["embedding"]
+    img_n, txt_n, scale, bias = self.head(img, txt)
+    out = {"image": img_n, "text": txt_n, "logit_scale": scale, "logit_bias": bias}
+    if self.config.hashing.bits:
+      out["image_hash"] = self.image_hash(img, hash_beta)
+      out["text_hash"] = self.text_hash(txt, hash_beta)
+    return out

@@ -1,8 +1,10 @@
-"""Vision Transformer trunk in the CLIP layout.
+"""Vision Transformer trunk in the CLIP layout, with an optional feature pyramid.
 
-conv patch embedding (no bias) -> [CLS] + positional embedding -> ln_pre -> blocks -> ln_post on [CLS]
--> projection. Returns the pooled embedding and the patch tokens / intermediate taps that the feature
-pyramid (model-family issue) builds on.
+patch embedding -> [CLS] + positional embedding -> ln_pre -> blocks -> ln_post on the pooled token
+-> projection. The parameter layout maps one to one onto CLIP checkpoints (conv1 without bias,
+class_embedding, positional_embedding, ln_pre, pre-LN blocks, ln_post, proj). Intermediate layers
+can be tapped; the feature pyramid builds multi-scale maps from them and adds its pooled vector to
+the embedding through a zero-initialised gate.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
+from rsjax.models.pyramid import FeaturePyramid
 
-# CLIP-shaped sizes: (width, depth, heads).
+# CLIP-shaped sizes: name -> (width, depth, heads).
 VIT_SIZES = {
     "Ti": (192, 12, 3),
     "S": (384, 12, 6),
@@ -27,7 +32,7 @@ VIT_SIZES = {
 
 
 class VisionTransformer(nn.Module):
-  """images [B, H, W, C] float -> dict(embedding [B, E], tokens [B, N, D], taps {i: [B, 1+N, D]})."""
+  """images [B, H, W, C] float -> dict(embedding [B, E], tokens [B, N, D], grid, taps, maps)."""
   width: int
   depth: int
   heads: int
@@ -35,10 +40,14 @@ class VisionTransformer(nn.Module):
   embed_dim: int
   mlp_ratio: float = 4.0
   activation: str = "gelu"
-  remat: bool = False
-  taps: tuple[int, ...] = ()
+  remat: str = "none"
+  scan: bool = False
   stem: str = "patch"  # "patch" (CLIP layout) or "conv" (stride-2 3x3 convs: faster to train)
-  pool: str = "cls"  # "cls" (CLIP layout) or "gap" (mean of patch tokens: learns faster from scratch)
+  pool: str = "cls"    # "cls" (CLIP layout) or "gap" (mean of patch tokens)
+  projection: str = "linear"
+  pyramid_levels: tuple[tuple[int, int], ...] = ()  # ((tap_layer, stride), ...); () = no pyramid
+  pyramid_channels: int = 256
+  pyramid_pool: str = "attention"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -81,8 +90,9 @@ class VisionTransformer(nn.Module):
     x = x + pos.astype(self.dtype)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = LayerNorm(**kw, name="ln_pre")(x)
+    taps = tuple(layer for layer, _ in self.pyramid_levels)
     x, tapped = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
-                        self.taps, **kw, name="encoder")(x)
+                        self.scan, taps, **kw, name="encoder")(x)
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
@@ -90,7 +100,27 @@ class VisionTransformer(nn.Module):
     else:
       raise ValueError(f"unknown image pooling '{self.pool}' (use 'cls' or 'gap')")
     pooled = LayerNorm(**kw, name="ln_post")(pooled)
-    proj = self.param("proj", logical(nn.initializers.normal(scale), ("embed", None)),
-                      (self.width, self.embed_dim), self.param_dtype)
-    embedding = pooled @ proj.astype(self.dtype)
-    return {"embedding": embedding, "tokens": x[:, 1:], "grid": (gh, gw), "taps": tapped}
+    embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
+    out = {"embedding": embedding, "tokens": x[:, 1:], "grid": (gh, gw), "taps": tapped}
+    if self.pyramid_levels:
+      pyr = FeaturePyramid(self.pyramid_levels, self.patch_size, (gh, gw), self.pyramid_channels,
+                           self.embed_dim, self.pyramid_pool, self.dtype, name="pyramid")(tapped)
+      out["embedding"] = embedding + pyr["embedding"].astype(embedding.dtype)
+      out["maps"] = pyr["maps"]
+    return out
+
+
+def interpolate_pos_embed(pos: np.ndarray, new_grid: tuple[int, int]) -> np.ndarray:
+  """Resizes a ViT positional embedding [1 + h*w, D] to [1 + H*W, D] (bicubic, [CLS] row kept).
+
+  Used when loading weights trained at another resolution or patch size.
+  """
+  cls, grid = pos[:1], pos[1:]
+  side = int(round(math.sqrt(len(grid))))
+  if side * side != len(grid):
+    raise ValueError(f"positional embedding of {len(grid)} patches is not a square grid")
+  if (side, side) == tuple(new_grid):
+    return pos
+  grid = grid.reshape(side, side, -1)
+  resized = jax.image.resize(jnp.asarray(grid, jnp.float32), (*new_grid, grid.shape[-1]), "bicubic")
+  return np.concatenate([cls, np.asarray(resized).reshape(-1, grid.shape[-1])], 0).astype(pos.dtype)

@@ -1,0 +1,109 @@
+"""Feature pyramid on top of a plain ViT, pooled and fused into the global image embedding.
+
+Design (a simple pyramid, as in ViTDet, Li et al. 2022): each level is built from one intermediate
+ViT layer by a single resampling step — transposed convolution to go finer than the patch stride,
+average pooling to go coarser, a 1x1 convolution otherwise. ViTDet showed this matches a top-down
+FPN on a plain ViT without lateral/top-down paths, and it is cheaper; taking each level from a
+different depth (earlier layers for finer levels) also mixes low-level detail with high-level
+semantics. The stride-4/8 levels keep objects of a few pixels that a stride-16 token averages away.
+
+Each level is pooled (attention pooling by default: a learned query can single out a few positions,
+which a mean would dilute; GeM as the alternative), the pooled vectors are concatenated and projected
+to the embedding width, and the result is added to the ViT embedding through a scalar gate that
+starts at zero, so at initialisation the image embedding is exactly the plain ViT's (an imported CLIP
+is unchanged until fine-tuning learns to open the gate).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rsjax.models.layers import Dtype, LayerNorm, logical
+
+conv_init = logical(nn.initializers.lecun_normal(), (None, None, None, None))
+
+
+class Resample(nn.Module):
+  """Token map at stride `source` [B, h, w, D] -> map at stride `target` [B, h*s/t, w*s/t, C]."""
+  source: int
+  target: int
+  channels: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.target < self.source:
+      factor = self.source // self.target
+      return nn.ConvTranspose(self.channels, (factor, factor), strides=(factor, factor),
+                              dtype=self.dtype, kernel_init=conv_init, name="up")(x)
+    if self.target > self.source:
+      factor = self.target // self.source
+      x = nn.avg_pool(x, (factor, factor), strides=(factor, factor))
+    return nn.Conv(self.channels, (1, 1), dtype=self.dtype, kernel_init=conv_init, name="proj")(x)
+
+
+class AttentionPool(nn.Module):
+  """One learned query attends over the positions of a map: [B, N, C] -> [B, C]."""
+  num_heads: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    query = self.param("query", nn.initializers.normal(0.02), (1, 1, channels))
+    query = jnp.broadcast_to(query.astype(self.dtype), (x.shape[0], 1, channels))
+    out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                          name="attn")(query, x)
+    return out[:, 0]
+
+
+class GeMPool(nn.Module):
+  """Generalised mean pooling (Radenovic et al. 2018) with a learnable exponent: [B, N, C] -> [B, C]."""
+  init_p: float = 3.0
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.param("p", nn.initializers.constant(self.init_p), ())
+    x = jnp.maximum(jax.nn.relu(x), self.eps)
+    return jnp.mean(x ** p, axis=1) ** (1.0 / p)
+
+
+class FeaturePyramid(nn.Module):
+  """Taps {layer: [B, 1+h*w, D]} -> pooled multi-scale vector projected to [B, E], times a zero gate.
+
+  levels: ((tap_layer, stride), ...), e.g. ((2, 4), (5, 8), (8, 16), (11, 32)) for a 12-layer ViT.
+  """
+  levels: tuple[tuple[int, int], ...]
+  patch_size: int
+  grid: tuple[int, int]
+  channels: int
+  embed_dim: int
+  pool: str = "attention"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, taps: dict[int, jax.Array]) -> dict:
+    gh, gw = self.grid
+    pooled, maps = [], {}
+    for layer, stride in self.levels:
+      tokens = taps[layer][:, 1:]  # drop [CLS]
+      fmap = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
+      fmap = Resample(self.patch_size, stride, self.channels, self.dtype,
+                      name=f"resample_s{stride}")(fmap)
+      fmap = LayerNorm(dtype=self.dtype, name=f"norm_s{stride}")(fmap)
+      maps[stride] = fmap
+      flat = fmap.reshape(fmap.shape[0], -1, self.channels)
+      if self.pool == "attention":
+        pooled.append(AttentionPool(dtype=self.dtype, name=f"pool_s{stride}")(flat))
+      elif self.pool == "gem":
+        pooled.append(GeMPool(name=f"pool_s{stride}")(flat))
+      else:
+        raise ValueError(f"unknown pyramid pooling '{self.pool}' (use 'attention' or 'gem')")
+    fused = nn.Dense(self.embed_dim, dtype=self.dtype, name="fuse",
+                     kernel_init=logical(nn.initializers.lecun_normal(), (None, "embed")))(
+                         jnp.concatenate(pooled, -1))
+    gate = self.param("gate", nn.initializers.zeros, ())
+    return {"embedding": gate * fused, "maps": maps}
