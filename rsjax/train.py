@@ -101,12 +101,17 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh=None) -> Callable:
   """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
 
-  With a mesh of several data-parallel devices and train.sharded_loss, the contrastive loss runs as
-  an exact ring over the devices (no device holds the global [B, B] logits).
+  With a mesh of several data-parallel devices, train.loss_sharding picks how the contrastive loss
+  is spread: "ring" (exact ring over the devices; no device holds the global [B, B] logits), "auto"
+  (left to XLA's partitioner) or "all_gather" (every device computes all logits: the naive baseline).
   """
   t, hashing = config.train, config.model.hashing
-  ring_mesh = mesh if (t.sharded_loss and mesh is not None
-                       and parallel.data_parallel_size(mesh) > 1) else None
+  multi = mesh is not None and parallel.data_parallel_size(mesh) > 1
+  if t.loss_sharding not in ("ring", "auto", "all_gather"):
+    raise ValueError(f"config key 'train.loss_sharding': unknown '{t.loss_sharding}' "
+                     "(use ring, auto or all_gather)")
+  ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
+  gather = multi and t.loss_sharding == "all_gather"
 
   def train_step(state: TrainState, batch: dict):
     beta = hash_beta(state.step, t.steps, hashing.beta_start, hashing.beta_end)
@@ -114,6 +119,10 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
     def loss_fn(params):
       out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
                         batch["tokens"], hash_beta=beta)
+      if gather:  # the naive baseline: every device holds all embeddings and the [B, B] logits
+        everywhere = parallel.replicated(mesh)
+        out = {**out, "image": jax.lax.with_sharding_constraint(out["image"], everywhere),
+               "text": jax.lax.with_sharding_constraint(out["text"], everywhere)}
       loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
       terms = {"contrastive_loss": loss}
       if hashing.bits:

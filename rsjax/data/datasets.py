@@ -37,6 +37,7 @@ def _tokenize_per_image(tokenizer, captions: list[list[str]], length: int) -> np
   per_image = max(len(c) for c in captions)
   flat = [t for caps in captions for t in caps]
   ids = tokenizer.encode(flat, length)
+  _warn_truncated(tokenizer, len(flat), length)
   out = np.zeros((len(captions), per_image, length), np.int32)
   row = 0
   for i, caps in enumerate(captions):
@@ -48,7 +49,15 @@ def _tokenize_per_image(tokenizer, captions: list[list[str]], length: int) -> np
 def _eval_split(tokenizer, images: np.ndarray, captions: list[list[str]], length: int) -> EvalSplit:
   flat = [t for caps in captions for t in caps]
   owner = np.asarray([i for i, caps in enumerate(captions) for _ in caps], np.int32)
-  return EvalSplit(images, tokenizer.encode(flat, length), owner, flat)
+  ids = tokenizer.encode(flat, length)
+  _warn_truncated(tokenizer, len(flat), length)
+  return EvalSplit(images, ids, owner, flat)
+
+
+def _warn_truncated(tokenizer, total: int, length: int) -> None:
+  if tokenizer.last_truncated:
+    print(f"rsjax: warning: {tokenizer.last_truncated} of {total} captions are longer than "
+          f"model.text.context_length={length} tokens and were cut", flush=True)
 
 
 def tokenizer_for(captions: list[str], workdir: str, vocab_size: int) -> SentencePieceTokenizer:

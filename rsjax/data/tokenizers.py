@@ -45,14 +45,21 @@ class SentencePieceTokenizer:
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
     self._sp = spm.SentencePieceProcessor(model_file=self.path)
+    self.last_truncated = 0
 
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
   def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
+    """[N] texts -> [N, length] int32; longer texts are cut, keeping the end-of-text id last.
+
+    `self.last_truncated` counts the texts that were cut, so callers can warn about them.
+    """
     out = np.full((len(texts), length), PAD, np.int32)
+    self.last_truncated = 0
     for row, ids in enumerate(self._sp.encode(list(texts))):
+      self.last_truncated += len(ids) > length - 1
       ids = ids[: length - 1] + [EOS]
       out[row, : len(ids)] = ids
     return out
