@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from rsjax import evaluate, parallel
 from rsjax.checkpoint import Checkpointer, abstract_like
@@ -119,11 +120,14 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
     def loss_fn(params):
       out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
                         batch["tokens"], hash_beta=beta)
-      if gather:  # the naive baseline: every device holds all embeddings and the [B, B] logits
-        everywhere = parallel.replicated(mesh)
-        out = {**out, "image": jax.lax.with_sharding_constraint(out["image"], everywhere),
-               "text": jax.lax.with_sharding_constraint(out["text"], everywhere)}
-      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
+      if gather:  # the naive baseline: every device gathers all embeddings, builds all logits
+        keys = ("image", "text", "logit_scale", "logit_bias")
+        whole = jax.shard_map(
+            lambda o: contrastive_loss(t.loss, o, margin=t.triplet_margin), mesh=mesh,
+            in_specs=({k: P() for k in keys},), out_specs=P())
+        loss = whole({k: out[k] for k in keys})
+      else:
+        loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
       terms = {"contrastive_loss": loss}
       if hashing.bits:
         # Relevance by pairing: image i and caption j are similar only when i == j.

@@ -49,3 +49,30 @@ def test_mesh_errors_name_the_problem():
   config = tiny_config("train.batch_size=12")
   with pytest.raises(parallel.MeshError, match="not divisible by the 8 data-parallel"):
     parallel.check_batch(config.train.batch_size, parallel.make_mesh(config))
+
+
+def test_hashing_head_and_siglip_train_on_the_mesh():
+  """Config-driven assembly: a 16-bit hashing head and the SigLIP loss train on 8 devices."""
+  config = tiny_config("model.hashing.bits=16", "train.loss=siglip", "model.logit_bias=True",
+                       "model.init_logit_bias=-10.0")
+  rng = np.random.default_rng(1)
+  batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+              "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
+                                        np.zeros((16, 13), int)], 1).astype(np.int32)}
+             for _ in range(2)]
+  mesh = parallel.make_mesh(config)
+  model = train.create_model(config)
+  tx = train.make_optimizer(config.train)
+  state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
+  step_fn = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  before = jax.device_get(state.params["image_hash"]["hash"]["kernel"])
+  with jax.set_mesh(mesh):
+    for batch in batches:
+      state, m = step_fn(state, parallel.shard_batch(batch, mesh))
+      jax.block_until_ready(m)
+  m = jax.device_get(m)
+  assert {"hash_similarity", "hash_quantization", "hash_balance"} <= set(m)
+  assert all(np.isfinite(float(v)) for v in m.values())
+  assert float(m["loss"]) > float(m["contrastive_loss"])  # the hashing terms were added
+  after = jax.device_get(state.params["image_hash"]["hash"]["kernel"])
+  assert np.abs(after - before).max() > 0
