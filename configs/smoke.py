@@ -44,7 +44,7 @@ def get_config(arg=None):
 
   c.train = dict(
       seed=0,
-      steps=1100,
+      steps=1150,
       batch_size=128,
       loss="clip",           # clip | siglip | triplet_hardest | triplet_sum
       loss_sharding="ring",  # ring | auto | all_gather (see train.make_train_step)
