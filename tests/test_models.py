@@ -130,3 +130,17 @@ def test_hash_beta_schedule_and_position_interpolation():
   resized = interpolate_pos_embed(pos, (8, 8))
   assert resized.shape == (65, 8)
   np.testing.assert_array_equal(resized[0], pos[0])
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  c = _small()
+  c.dtype = "bfloat16"
+  model, params = _init(c)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  images = jax.random.uniform(jax.random.key(6), (2, 32, 32, 3))
+  tokens = model.apply({"params": params}, images, method=lambda m, x: m.image(x)["tokens"])
+  assert tokens.dtype == jnp.bfloat16
+  emb = model.apply({"params": params}, images, method=model.encode_image)
+  assert emb.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(emb)))
+  reference = TwoTower(_small()).apply({"params": params}, images, method=model.encode_image)
+  assert float(jnp.abs(emb - reference).max()) < 0.1  # same function, bf16 rounding only
