@@ -205,20 +205,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
       data.train_images, data.train_tokens, t.batch_size, t.seed,
       jax.process_index(), jax.process_count())
 
-  # Model, optimizer, sharded state.
+  # Model, optimizer, sharded state: restored from the latest checkpoint, else initialised.
   model = create_model(config)
   tx = make_optimizer(t)
-  state, shardings = init_state(model, tx, config, mesh, jax.random.key(t.seed))
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log(f"model: {n_params / 1e6:.2f}M parameters")
-
-  # Resume.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
-    state = ckpt.restore(start, abstract_like(state, shardings), train_iter)
+    abstract, shardings = state_layout(model, tx, config, mesh)
+    state = ckpt.restore(start, abstract, train_iter)
     log(f"resumed from checkpoint at step {start}")
+  else:
+    state, shardings = init_state(model, tx, config, mesh, jax.random.key(t.seed))
   start = int(start or 0)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f"model: {n_params / 1e6:.2f}M parameters")
 
   step0_path = os.path.join(workdir, "step0_eval.json")
   if config.eval.at_step0 and not os.path.exists(step0_path):
