@@ -74,7 +74,7 @@ def test_tiled_equals_untiled_and_reference():
   whole = evaluate.retrieval_ranks(img, txt, text_to_image, tile=10_000)
   tiled = evaluate.retrieval_ranks(img, txt, text_to_image, tile=7)
   ref = reference_ranks(img @ txt.T, text_to_image)
-  for a, b, r in zip(whole, tiled, ref):
+  for a, b, r in zip(whole, tiled, ref, strict=True):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, r)
 

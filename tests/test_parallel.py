@@ -7,6 +7,15 @@ from helpers import tiny_config
 from rsjax import parallel, train
 
 
+def _random_batches(seed: int, count: int) -> list[dict]:
+  """`count` batches of 16 random 32 px images and 10-token captions (end-of-text id 3, padding)."""
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
+                                     np.zeros((16, 13), int)], 1).astype(np.int32)}
+          for _ in range(count)]
+
+
 def _run_steps(config, devices, batches):
   mesh = parallel.make_mesh(config, devices)
   model = train.create_model(config)
@@ -24,11 +33,7 @@ def _run_steps(config, devices, batches):
 def test_eight_devices_match_one():
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   config = tiny_config()
-  rng = np.random.default_rng(0)
-  batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-              "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
-                                        np.zeros((16, 13), int)], 1).astype(np.int32)}
-             for _ in range(3)]
+  batches = _random_batches(seed=0, count=3)
   loss1, params1 = _run_steps(config, jax.devices()[:1], batches)
   loss8, params8 = _run_steps(config, jax.devices(), batches)
   mesh8 = parallel.make_mesh(config, jax.devices())
@@ -37,7 +42,7 @@ def test_eight_devices_match_one():
   assert loss1[-1] != loss1[0]  # the steps really updated something
   flat1 = jax.tree.leaves(params1)
   flat8 = jax.tree.leaves(params8)
-  for a, b in zip(flat1, flat8):
+  for a, b in zip(flat1, flat8, strict=True):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
@@ -55,11 +60,7 @@ def test_hashing_head_and_siglip_train_on_the_mesh():
   """Config-driven assembly: a 16-bit hashing head and the SigLIP loss train on 8 devices."""
   config = tiny_config("model.hashing.bits=16", "train.loss=siglip", "model.logit_bias=True",
                        "model.init_logit_bias=-10.0")
-  rng = np.random.default_rng(1)
-  batches = [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-              "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
-                                        np.zeros((16, 13), int)], 1).astype(np.int32)}
-             for _ in range(2)]
+  batches = _random_batches(seed=1, count=2)
   mesh = parallel.make_mesh(config)
   model = train.create_model(config)
   tx = train.make_optimizer(config.train)

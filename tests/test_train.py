@@ -48,7 +48,7 @@ def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
   step_a, params_a = _final_params(config, straight_dir)
   step_b, params_b = _final_params(config, resumed_dir)
   assert step_a == step_b == config.train.steps
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)  # bit-exact: same data order, same updates
   # The resumed run's log has no duplicate rows and matches the uninterrupted one.
   assert _losses(resumed_dir) == _losses(straight_dir)

@@ -32,32 +32,31 @@ class RetrievalData:
   tokenizer: SentencePieceTokenizer
 
 
+def _encode_flat(tokenizer, captions: list[list[str]], length: int):
+  """Captions per image -> (ids [T, L], image index of each caption [T], flat captions [T]).
+
+  Warns when captions are longer than `length` tokens and had to be cut."""
+  flat = [t for caps in captions for t in caps]
+  owner = np.asarray([i for i, caps in enumerate(captions) for _ in caps], np.int32)
+  ids, cut = tokenizer.encode_counting_cuts(flat, length)
+  if cut:
+    print(f"rsjax: warning: {cut} of {len(flat)} captions are longer than "
+          f"model.text.context_length={length} tokens and were cut", flush=True)
+  return ids, owner, flat
+
+
 def _tokenize_per_image(tokenizer, captions: list[list[str]], length: int) -> np.ndarray:
   """Captions per image -> [N, C, L] with C the largest caption count; missing rows are padding."""
-  per_image = max(len(c) for c in captions)
-  flat = [t for caps in captions for t in caps]
-  ids = tokenizer.encode(flat, length)
-  _warn_truncated(tokenizer, len(flat), length)
-  out = np.zeros((len(captions), per_image, length), np.int32)
-  row = 0
-  for i, caps in enumerate(captions):
-    out[i, : len(caps)] = ids[row: row + len(caps)]
-    row += len(caps)
+  ids, owner, _ = _encode_flat(tokenizer, captions, length)
+  out = np.zeros((len(captions), max(len(c) for c in captions), length), np.int32)
+  slot = np.concatenate([np.arange(len(c)) for c in captions]).astype(np.int64)
+  out[owner, slot] = ids
   return out
 
 
 def _eval_split(tokenizer, images: np.ndarray, captions: list[list[str]], length: int) -> EvalSplit:
-  flat = [t for caps in captions for t in caps]
-  owner = np.asarray([i for i, caps in enumerate(captions) for _ in caps], np.int32)
-  ids = tokenizer.encode(flat, length)
-  _warn_truncated(tokenizer, len(flat), length)
+  ids, owner, flat = _encode_flat(tokenizer, captions, length)
   return EvalSplit(images, ids, owner, flat)
-
-
-def _warn_truncated(tokenizer, total: int, length: int) -> None:
-  if tokenizer.last_truncated:
-    print(f"rsjax: warning: {tokenizer.last_truncated} of {total} captions are longer than "
-          f"model.text.context_length={length} tokens and were cut", flush=True)
 
 
 def tokenizer_for(captions: list[str], workdir: str, vocab_size: int) -> SentencePieceTokenizer:

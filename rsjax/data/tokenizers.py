@@ -45,24 +45,24 @@ class SentencePieceTokenizer:
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
     self._sp = spm.SentencePieceProcessor(model_file=self.path)
-    self.last_truncated = 0
 
   @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
   def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
-    """[N] texts -> [N, length] int32; longer texts are cut, keeping the end-of-text id last.
+    """[N] texts -> [N, length] int32; longer texts are cut, keeping the end-of-text id last."""
+    return self.encode_counting_cuts(texts, length)[0]
 
-    `self.last_truncated` counts the texts that were cut, so callers can warn about them.
-    """
+  def encode_counting_cuts(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, int]:
+    """Like `encode`, and also returns how many texts were cut (so callers can warn)."""
     out = np.full((len(texts), length), PAD, np.int32)
-    self.last_truncated = 0
+    cut = 0
     for row, ids in enumerate(self._sp.encode(list(texts))):
-      self.last_truncated += len(ids) > length - 1
+      cut += len(ids) > length - 1
       ids = ids[: length - 1] + [EOS]
       out[row, : len(ids)] = ids
-    return out
+    return out, cut
 
   def decode(self, ids: np.ndarray) -> list[str]:
     return [self._sp.decode([int(i) for i in row if i not in (PAD, EOS)]) for row in np.asarray(ids)]

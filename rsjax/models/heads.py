@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.losses import binary_codes as binarize  # one definition of the codes: sign(0) = +1
+from rsjax.losses import relax_codes
 from rsjax.models.layers import logical
 
 HASH_BITS = (16, 32, 64, 128, 256)
@@ -78,14 +80,7 @@ class HashingHead(nn.Module):
       raise ValueError(f"hash bits must be one of {HASH_BITS}, got {self.bits}")
     z = nn.Dense(self.bits, kernel_init=logical(nn.initializers.lecun_normal(), ("embed", None)),
                  name="hash")(x.astype(jnp.float32))
-    if train:
-      return jnp.tanh(beta * z)
-    return binarize(z)
-
-
-def binarize(z: jax.Array) -> jax.Array:
-  """Exact codes: +1 where z >= 0, else -1 (float32)."""
-  return jnp.where(z >= 0, 1.0, -1.0).astype(jnp.float32)
+    return relax_codes(z, beta) if train else binarize(z)
 
 
 def hash_beta(step: jax.Array, total_steps: int, start: float = 1.0, end: float = 10.0) -> jax.Array:

@@ -16,7 +16,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 def _levels(pyramid: ml_collections.ConfigDict) -> tuple[tuple[int, int], ...]:
-  return tuple((int(layer), int(stride)) for layer, stride in zip(pyramid.taps, pyramid.strides))
+  if len(pyramid.taps) != len(pyramid.strides):
+    raise ValueError(f"config keys 'model.image.pyramid.taps' {tuple(pyramid.taps)} and "
+                     f"'model.image.pyramid.strides' {tuple(pyramid.strides)} differ in length")
+  return tuple((int(layer), int(stride))
+               for layer, stride in zip(pyramid.taps, pyramid.strides, strict=True))
 
 
 class TwoTower(nn.Module):
