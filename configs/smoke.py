@@ -28,7 +28,7 @@ def get_config(arg=None):
   )
 
   # Keys and their meaning: rsjax/models/registry.py (default_model_config).
-  # Choices measured on RS-Synth with this CPU budget (test mR after the same wall time):
+  # Choices measured on RS-Synth on this 2-core CPU (test-split mR of single runs):
   # - a conv stem to stride 16 instead of a patch-8 ViT: 2.5x the images/s; the stride-2 convs
   #   keep objects of a few pixels that a 16-pixel patch projection would average away;
   # - mean pooling on both towers (GAP image tokens, mean over real text tokens, bidirectional)
