@@ -1,44 +1,26 @@
-"""The `rsjax` command line: train | eval (more subcommands arrive with their issues)."""
+"""The `rsjax` command line. Each subcommand lives in rsjax/commands/<name>.py."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
 
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--config", required=True, help="configs/NAME.py[:arg], e.g. configs/smoke.py:runlocal")
-  p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, eval results")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config value, e.g. --set train.steps=100 (repeatable)")
+# Order is the order of `rsjax --help`. A new subcommand adds its module name here.
+COMMANDS = ("train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="rsjax", description=__doc__)
+  parser = argparse.ArgumentParser(prog="rsjax", description="Cross-modal image-text retrieval for remote sensing.")
   sub = parser.add_subparsers(dest="command", required=True)
-  _add_config_args(sub.add_parser("train", help="train (resumes when WORKDIR has a checkpoint), then evaluate"))
-  _add_config_args(sub.add_parser("eval", help="evaluate the latest checkpoint in WORKDIR"))
+  for name in COMMANDS:
+    importlib.import_module(f"rsjax.commands.{name}").register(sub)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  from rsjax.config import ConfigError, load_config  # imported late: --help stays fast
-
-  try:
-    config = load_config(args.config, args.set)
-  except ConfigError as e:
-    print(f"rsjax: config error: {e}", file=sys.stderr)
-    return 2
-  workdir = os.path.abspath(args.workdir)
-  if args.command == "train":
-    from rsjax.train import train
-    train(config, workdir)
-  elif args.command == "eval":
-    from rsjax.train import evaluate_workdir
-    evaluate_workdir(config, workdir)
-  return 0
+  return args.run(args)
 
 
 if __name__ == "__main__":

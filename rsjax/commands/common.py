@@ -1,0 +1,25 @@
+"""Arguments and config loading shared by the subcommands that take a config file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_config_args(p: argparse.ArgumentParser, workdir: bool = True) -> None:
+  p.add_argument("--config", required=True, help="configs/NAME.py[:arg], e.g. configs/smoke.py:runlocal")
+  if workdir:
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, eval results")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config value, e.g. --set train.steps=100 (repeatable)")
+
+
+def load_config_or_exit(args: argparse.Namespace):
+  """The config named by --config and --set, or exit 2 with the one-line reason."""
+  from rsjax.config import ConfigError, load_config
+
+  try:
+    return load_config(args.config, args.set)
+  except ConfigError as e:
+    print(f"rsjax: config error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
