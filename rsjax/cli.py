@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  return args.run(args)
+  try:
+    return args.run(args)
+  except SystemExit as e:  # a command's clean refusal (one line on stderr) -> its exit code
+    return e.code if isinstance(e.code, int) else 1
 
 
 if __name__ == "__main__":
