@@ -1,7 +1,8 @@
 """Data sets by name: what `config.data.name` selects, as in-memory arrays ready for the pipeline.
 
-v1 knows the embedded RS-Synth set. Each loader returns `RetrievalData`: train images with all
-their captions tokenized, and evaluation splits flattened to one row per caption with the index of
+"rs_synth" is the embedded RS-Synth set; "annotated" reads an annotation file and its images
+(rsjax/data/annotated.py, e.g. ../shared/data/rsicd_samples). Each loader returns
+`RetrievalData`: train images with all their captions tokenized, and evaluation splits flattened to one row per caption with the index of
 its image (the layout the recall metrics take).
 """
 
@@ -59,9 +60,15 @@ def _eval_split(tokenizer, images: np.ndarray, captions: list[list[str]], length
   return EvalSplit(images, ids, owner, flat)
 
 
-def tokenizer_for(captions: list[str], workdir: str, vocab_size: int) -> SentencePieceTokenizer:
-  """The run's SentencePiece model: trained once on the training captions, kept in the workdir so
-  that resumed runs and later `rsjax eval` calls tokenize identically."""
+def tokenizer_for(captions: list[str], workdir: str, vocab_size: int,
+                  model_path: str = "") -> SentencePieceTokenizer:
+  """The run's SentencePiece model: `model_path` when given (e.g. the one `rsjax data tokenizer`
+  stored beside a prepared set), else trained once on the training captions and kept in the
+  workdir so that resumed runs and later `rsjax eval` calls tokenize identically."""
+  if model_path:
+    if not os.path.isfile(model_path):
+      raise FileNotFoundError(f"config key 'data.tokenizer_path': no tokenizer model at {model_path}")
+    return SentencePieceTokenizer(model_path)
   path = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(path):
     train_sentencepiece(captions, path, vocab_size=vocab_size)
@@ -86,7 +93,12 @@ def load_rs_synth(data: ml_collections.ConfigDict, workdir: str, context_length:
       tokenizer=tokenizer)
 
 
-LOADERS = {"rs_synth": load_rs_synth}
+def load_annotated(*args, **kwargs) -> RetrievalData:
+  from rsjax.data.annotated import load_annotated as load  # decoders load only when asked for
+  return load(*args, **kwargs)
+
+
+LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated}
 
 
 def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,

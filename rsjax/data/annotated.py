@@ -1,0 +1,99 @@
+"""`data.name="annotated"`: train and evaluate straight from an annotation file and its images.
+
+Reads any format of rsjax.data.sources (captions.jsonl by default), checks every record, decodes
+and resizes the images into memory, and tokenizes the captions. Meant for sets that fit in memory
+(the ../shared/data samples, UCM, Sydney, RSICD at small sizes); larger sets go through
+`rsjax data prepare` and `data.name="tfds"`.
+
+Config keys (data section):
+  path               data set folder (captions.jsonl inside) or annotation file
+  format             captions_jsonl | karpathy | rsitmd | nwpu | levir_cc | image_folder
+  image_root         folder the image paths are relative to ("" -> the annotation file's folder)
+  caption_field      captions.jsonl field with the captions (UCM/Sydney also have "captions_corrected")
+  label_prompt       "" or e.g. "an aerial photograph of {label}": captions for label-only sets
+  image_size         side in pixels after resizing
+  bands              () keeps RGB / all bands, or band indices, e.g. (3, 2, 1)
+  max_value          white level of non-uint8 images (0 -> the dtype's maximum)
+  train_split        split to train on; every other split present is available for evaluation
+  skip_bad_records   skip (and list) bad records instead of stopping at the first
+  tokenizer_path     "" -> a SentencePiece model trained on the train captions in the workdir
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from rsjax.data import decode, records, sources
+from rsjax.metric_writer import log
+
+
+def read_checked(data: ml_collections.ConfigDict) -> tuple[list[records.Record], records.BadRecords]:
+  """All records of the configured source that pass the checks (or the first error)."""
+  options = {}
+  if data.format == "captions_jsonl":
+    options["caption_field"] = data.get("caption_field", "captions")
+  raw = list(sources.read_source(data.format, data.path, data.get("image_root", "") or None,
+                                 **options))
+  prompt = data.get("label_prompt", "")
+  if prompt:  # label-only sets (RSSCN7, image folders): one caption from the class name
+    raw = [r if isinstance(r, records.BadRecordError) or r.captions or r.label is None
+           else _with_captions(r, (prompt.format(label=r.label),)) for r in raw]
+  return records.collect(raw, skip_bad=data.get("skip_bad_records", False))
+
+
+def _with_captions(record: records.Record, captions: tuple[str, ...]) -> records.Record:
+  import dataclasses
+  return dataclasses.replace(record, captions=captions)
+
+
+def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
+                   bad: records.BadRecords) -> tuple[np.ndarray, list[records.Record]]:
+  """Decodes and resizes each record's image -> ([N, S, S, C] uint8, the records kept)."""
+  size, bands = data.image_size, tuple(data.get("bands", ())) or None
+  max_value = data.get("max_value", 0) or None
+  images, kept = [], []
+  for r in recs:
+    if len(r.images) != 1:
+      raise records.BadRecordError(f"{r.where}: an image pair; the image-text trainer takes "
+                                   "single images (change pairs need the temporal pipeline)")
+    try:
+      images.append(decode.decode_resized(decode.read_bytes(r.images[0]), size, r.images[0],
+                                          bands, max_value))
+    except records.BadRecordError as e:
+      if not data.get("skip_bad_records", False):
+        raise type(e)(f"{r.where}: {e}") from None
+      bad.add(r.where, e)
+      continue
+    kept.append(r)
+  if not images:
+    return np.zeros((0, size, size, 3), np.uint8), kept
+  return np.stack(images), kept
+
+
+def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
+                   vocab_size: int, progress: bool = True):
+  from rsjax.data.datasets import (RetrievalData, _eval_split, _tokenize_per_image,
+                                   tokenizer_for)
+
+  recs, bad = read_checked(data)
+  train_split = data.get("train_split", "train")
+  by_split: dict[str, list[records.Record]] = {}
+  for r in recs:
+    by_split.setdefault(r.split, []).append(r)
+  if train_split not in by_split:
+    raise ValueError(f"config key 'data.train_split': no records in split {train_split!r} of "
+                     f"{data.path} (splits present: {sorted(by_split)})")
+  arrays = {s: decode_records(rs, data, bad) for s, rs in by_split.items()}
+  if len(bad):
+    log(bad.summary())
+  captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
+  train_captions = [c for caps in captions[train_split] for c in caps]
+  tokenizer = tokenizer_for(train_captions, workdir, vocab_size, data.get("tokenizer_path", ""))
+  log(f"data {data.path}: " + ", ".join(f"{s} {len(a)} images" for s, (a, _) in arrays.items()))
+  return RetrievalData(
+      train_images=arrays[train_split][0],
+      train_tokens=_tokenize_per_image(tokenizer, captions[train_split], context_length),
+      eval_splits={s: _eval_split(tokenizer, arrays[s][0], captions[s], context_length)
+                   for s in arrays if s != train_split},
+      tokenizer=tokenizer)

@@ -1,0 +1,187 @@
+"""Annotation readers for the formats RS image-text data sets are distributed in.
+
+Each reader takes the annotation file (or folder) and the folder its image paths are relative to,
+and yields `Record`s in file order without checking them (see records.check_record). A line or
+entry that cannot even be parsed is yielded as a `BadRecordError` instance, so that
+`records.collect` can stop on it or skip it like any other bad record.
+
+  captions_jsonl  ../shared/data format: {"image"|"image_a"+"image_b", "split", "captions", ...}
+  karpathy        dataset.json of RSICD / UCM-Captions / Sydney-Captions: {"images": [...]}
+  rsitmd          RSITMD's dataset_RSITMD.json: Karpathy layout plus per-image "keywords"
+  nwpu            NWPU-Captions' dataset_nwpu.json: {class: [{"filename", "split", "raw", "raw_1".."raw_4"}]}
+  levir_cc        LevirCCcaptions.json: {"images": [{"filepath", "filename", "changeflag", "sentences"}]}
+  image_folder    <root>/<class>/<image>: classification sets without annotation files
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterator
+
+from rsjax.data.records import SPLITS, BadRecordError, Record
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def _join(root: str, relative: str) -> str:
+  return os.path.normpath(os.path.join(root, relative))
+
+
+def read_captions_jsonl(path: str, image_root: str | None = None,
+                        caption_field: str = "captions") -> Iterator[Record | BadRecordError]:
+  """captions.jsonl: one JSON object per line; image paths relative to the file's folder."""
+  root = image_root or os.path.dirname(os.path.abspath(path))
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      where = f"{path}:{line_no}"
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        yield BadRecordError(f"{where}: not valid JSON ({e.msg})")
+        continue
+      if not isinstance(row, dict):
+        yield BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        continue
+      if "image" in row:
+        images = (row["image"],)
+      elif "image_a" in row and "image_b" in row:
+        images = (row["image_a"], row["image_b"])
+      else:
+        yield BadRecordError(f"{where}: no 'image' (or 'image_a' and 'image_b') field")
+        continue
+      captions = row.get(caption_field, [])
+      if not isinstance(captions, list):
+        captions = [captions]  # a bare caption is checked (and rejected if not text) later
+      yield Record(key=images[0], split=row.get("split", "train"),
+                   images=tuple(_join(root, p) for p in images), captions=tuple(captions),
+                   label=row.get("label"), changed=row.get("changed"),
+                   keywords=tuple(row.get("keywords", ())), where=where)
+
+
+def _load_json(path: str) -> object:
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise BadRecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _sentences(entry: dict) -> list:
+  """Karpathy 'sentences' -> raw caption texts (a non-dict sentence is passed on to be rejected)."""
+  out = []
+  for s in entry.get("sentences", []):
+    out.append(s.get("raw", " ".join(s.get("tokens", []))).strip() if isinstance(s, dict) else s)
+  return out
+
+
+def read_karpathy(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
+  """Karpathy-style dataset.json: images[i] = {filename, split, sentences[{raw, tokens}], filepath?}.
+
+  Karpathy's "restval" split is part of the training data, as in the original recipe."""
+  root = image_root or os.path.dirname(os.path.abspath(path))
+  data = _load_json(path)
+  for i, entry in enumerate(data.get("images", []) if isinstance(data, dict) else []):
+    where = f"{path}:images[{i}]"
+    if not isinstance(entry, dict) or "filename" not in entry:
+      yield BadRecordError(f"{where}: entry has no 'filename'")
+      continue
+    relative = os.path.join(entry.get("filepath", ""), entry["filename"])
+    split = entry.get("split", "train")
+    split = "train" if split == "restval" else split
+    yield Record(key=relative, split=split, images=(_join(root, relative),),
+                 captions=tuple(_sentences(entry)), label=entry.get("label"),
+                 keywords=tuple(entry.get("keywords", ())), where=where)
+
+
+def read_rsitmd(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
+  """RSITMD's dataset_RSITMD.json: the Karpathy layout, each image with a 'keywords' list."""
+  yield from read_karpathy(path, image_root)
+
+
+def read_nwpu(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
+  """NWPU-Captions' dataset_nwpu.json: {class: [{filename, split, raw, raw_1..raw_4}]}.
+
+  Images live in <root>/<class>/<filename>; the class is the record's label."""
+  root = image_root or os.path.dirname(os.path.abspath(path))
+  data = _load_json(path)
+  if not isinstance(data, dict):
+    yield BadRecordError(f"{path}: expected an object of classes, got {type(data).__name__}")
+    return
+  for label, entries in data.items():
+    for i, entry in enumerate(entries):
+      where = f"{path}:{label}[{i}]"
+      if not isinstance(entry, dict) or "filename" not in entry:
+        yield BadRecordError(f"{where}: entry has no 'filename'")
+        continue
+      fields = ["raw"] + [f"raw_{k}" for k in range(1, 10)]
+      captions = tuple(entry[k] for k in fields if k in entry)
+      relative = os.path.join(label, entry["filename"])
+      yield Record(key=relative, split=entry.get("split", "train"),
+                   images=(_join(root, relative),), captions=captions, label=label, where=where)
+
+
+def read_levir_cc(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
+  """LevirCCcaptions.json: pairs in <root>/images/<filepath>/{A,B}/<filename>, with changeflag."""
+  root = image_root or os.path.dirname(os.path.abspath(path))
+  data = _load_json(path)
+  for i, entry in enumerate(data.get("images", []) if isinstance(data, dict) else []):
+    where = f"{path}:images[{i}]"
+    if not isinstance(entry, dict) or "filename" not in entry:
+      yield BadRecordError(f"{where}: entry has no 'filename'")
+      continue
+    folder = entry.get("filepath", entry.get("split", "train"))
+    pair = tuple(_join(root, os.path.join("images", folder, side, entry["filename"]))
+                 for side in ("A", "B"))
+    flag = entry.get("changeflag")
+    yield Record(key=f"{folder}/{entry['filename']}", split=entry.get("split", "train"),
+                 images=pair, captions=tuple(_sentences(entry)),
+                 changed=None if flag is None else bool(flag), where=where)
+
+
+def read_image_folder(path: str, image_root: str | None = None,
+                      split: str = "train") -> Iterator[Record | BadRecordError]:
+  """<path>/<class>/<image>: one record per image file, labelled by its folder, no captions.
+
+  A folder of split folders (<path>/{train,val,test}/<class>/...) gives each image its split."""
+  path = os.path.abspath(path)
+  subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  if subdirs and set(subdirs) <= set(SPLITS):
+    for s in subdirs:
+      yield from read_image_folder(os.path.join(path, s), split=s)
+    return
+  for label in subdirs:
+    for name in sorted(os.listdir(os.path.join(path, label))):
+      if name.lower().endswith(IMAGE_EXTENSIONS):
+        full = os.path.join(path, label, name)
+        yield Record(key=f"{label}/{name}", split=split, images=(full,), label=label, where=full)
+
+
+READERS: dict[str, Callable[..., Iterator]] = {
+    "captions_jsonl": read_captions_jsonl,
+    "karpathy": read_karpathy,
+    "rsitmd": read_rsitmd,
+    "nwpu": read_nwpu,
+    "levir_cc": read_levir_cc,
+    "image_folder": read_image_folder,
+}
+
+
+def resolve_annotation(path: str, fmt: str) -> str:
+  """A data set folder -> its annotation file (captions.jsonl) for formats that have one."""
+  if fmt == "captions_jsonl" and os.path.isdir(path):
+    return os.path.join(path, "captions.jsonl")
+  return path
+
+
+def read_source(fmt: str, path: str, image_root: str | None = None,
+                **options) -> Iterator[Record | BadRecordError]:
+  """Records of the annotation `path` in format `fmt` (a key of READERS)."""
+  if fmt not in READERS:
+    raise ValueError(f"unknown annotation format {fmt!r}; choose from {sorted(READERS)}")
+  path = resolve_annotation(path, fmt)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"annotation file or folder not found: {path}")
+  return READERS[fmt](path, image_root or None, **options)
