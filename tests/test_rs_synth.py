@@ -117,7 +117,7 @@ def test_captions_valid(small_train):
     assert len(caps) == 5 and len(set(caps)) == 5 and all(caps)
     for c in caps:
       assert c == c.lower() and c == c.strip() and "  " not in c
-      assert set(c.split()) <= grammar.VOCABULARY, c
+      assert set(c.split()) <= grammar.VOCABULARY_V1, c
       assert any(_mentions(c, grammar.CLASS_WORDS[g["cls"]]) for g in r["groups"]), c
     lc_mentions = sum(_mentions(c, grammar.LANDCOVER_WORDS[r["landcover"]]) for c in caps)
     assert lc_mentions >= 3

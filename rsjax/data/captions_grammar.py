@@ -275,3 +275,105 @@ def make_captions(landcover: str, groups: Sequence[dict], rng: np.random.Generat
       text = make()
     captions.append(text)
   return captions
+
+
+# --------------------------------------------------------------------------------------------
+# RS-Synth v2 challenge subsets. These functions never run for the v1 splits, so v1 captions
+# (and the random draws that make them) are unchanged.
+
+# Multi-scale: scene-level captions name the land cover, roads / rivers and which kinds of objects
+# are there, never a size, a position or a number; object-level ones are v1's group captions.
+SCENE_LEVEL_TEMPLATES = ("{view} of {lc} {feat}", "{lc_area} with {classes}")
+LEVELS = ("scene", "object")
+
+
+def _class_mention(group: dict) -> str:
+  """"a plane" / "planes": the kind of object, not how many (singular only for one)."""
+  singular, plural = CLASS_NOUNS[group["cls"]][0]
+  return " ".join(_with_article(["a"] + singular.split())) if int(group["count"]) == 1 else plural
+
+
+def scene_level_captions(groups: Sequence[dict], landcover: str, rng: np.random.Generator,
+                         road: bool = False, river: bool = False) -> list[str]:
+  """Two scene-level captions: "an aerial view of farmland crossed by a road",
+  "a farmland area with planes and a storage tank"."""
+  classes = " and ".join(_class_mention(g) for g in groups)
+  first = SCENE_LEVEL_TEMPLATES[0].format(view=_pick(rng, VIEWS), lc=_lc(landcover, "scene", rng),
+                                          feat=FEATURES.get((road, river), ""))
+  second = SCENE_LEVEL_TEMPLATES[1].format(lc_area=_lc(landcover, "area", rng), classes=classes)
+  return [_tidy(first), _tidy(second)]
+
+
+def object_level_captions(groups: Sequence[dict], landcover: str,
+                          rng: np.random.Generator) -> list[tuple[str, int]]:
+  """Two object-level captions as (text, index of the group it describes): both groups once, or
+  the only group in two wordings ("two small planes beside a runway in the upper left")."""
+  if len(groups) == 1:
+    first = detail_caption(groups[0], landcover, rng)
+    second = count_caption(groups[0], landcover, rng)
+    return [(first, 0), (second, 0)]
+  return [(detail_caption(g, landcover, rng), i) for i, g in enumerate(groups)]
+
+
+# Small objects: when the distractor image lost all of a small group, its caption says so.
+ABSENT_TEMPLATES = ("there are no {nouns} {rel} {pos} of {lc}", "no {nouns} can be seen {rel} {pos} of {lc}")
+
+
+def absent_caption(group: dict, landcover: str, rng: np.random.Generator) -> str:
+  """"there are no cars on a road in the upper left of an urban area": the group's place and
+  context are there, its objects are not."""
+  t = _pick(rng, ABSENT_TEMPLATES)
+  return _tidy(t.format(nouns=CLASS_NOUNS[group["cls"]][0][1], rel=relation_phrase(group, rng),
+                        pos=position_phrase(group), lc=_lc(landcover, "area", rng)))
+
+
+# Temporal: change captions for a before/after pair (LEVIR-CC style).
+CHANGE_TYPES = ("none", "buildings_added", "buildings_removed", "road_built")
+CHANGE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "buildings_added": ("{np} {was} built {pos}", "{np} {was} constructed {pos}",
+                        "{np} {was} added {pos} of the {lc}"),
+    "buildings_removed": ("{np} {was} demolished {pos}", "{np} {was} removed {pos}",
+                          "{np} {pos} of the {lc} {was} torn down"),
+    "road_built": ("a road was built {dir} {pos}", "a new road was constructed {dir} {pos}",
+                   "a new road runs {dir} {pos} of the {lc}"),
+    "none": ("no change", "nothing has changed", "there is no change", "the scene is unchanged",
+             "no change between the two images"),
+}
+ROAD_DIRECTIONS = {"horizontal": "from left to right", "vertical": "from top to bottom"}
+
+
+def change_captions(change: str, landcover: str, rng: np.random.Generator, *,
+                    group: dict | None = None, road: dict | None = None, n: int = 3) -> list[str]:
+  """n distinct change captions: "two buildings were built in the upper left", "no change".
+
+  group: the added / removed buildings (a group dict); road: {"orientation": "horizontal" |
+  "vertical", "position": the grid cell in the middle of the road's band ("top", "center", ...)}.
+  """
+  if change not in CHANGE_TEMPLATES:
+    raise ValueError(f"unknown change type {change!r}, expected one of {CHANGE_TYPES}")
+  templates = list(CHANGE_TEMPLATES[change])
+  order = [templates[i] for i in rng.permutation(len(templates))[:n]]
+  out = []
+  for t in order:
+    if change == "road_built":
+      text = t.format(dir=ROAD_DIRECTIONS[road["orientation"]],
+                      pos=POSITION_PHRASES[road["position"]], lc=_lc(landcover, "of_the", rng))
+    elif change != "none":
+      text = t.format(np=group_phrase(group, rng, size="canonical" if rng.random() < 0.5 else "none"),
+                      was="was" if int(group["count"]) == 1 else "were",
+                      pos=position_phrase(group), lc=_lc(landcover, "of_the", rng))
+    else:
+      text = t
+    out.append(_tidy(text))
+  return out
+
+
+def _v2_vocabulary() -> frozenset[str]:
+  texts = list(SCENE_LEVEL_TEMPLATES) + list(ABSENT_TEMPLATES) + list(ROAD_DIRECTIONS.values())
+  texts += [t for ts in CHANGE_TEMPLATES.values() for t in ts] + ["was", "were"]
+  return frozenset(_words_of(texts))
+
+
+# Every word a v1 or v2 caption may use (v1 captions use the v1 part only).
+VOCABULARY_V1: frozenset[str] = VOCABULARY
+VOCABULARY = VOCABULARY | _v2_vocabulary()

@@ -23,6 +23,22 @@ class EvalSplit:
   tokens: np.ndarray          # [T, L] int32, one row per caption
   text_to_image: np.ndarray   # [T] int32, image index of each caption
   captions: list[str]         # [T]
+  # Per-caption labels, each [T] (RS-Synth v2: "level" for multiscale, "role" / "distractor" /
+  # "count" for small_objects; see rs_synth.caption_labels). Empty for plain splits.
+  labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PairSplit:
+  """Image pairs with change captions (RS-Synth v2 temporal), for a pair encoder."""
+  before: np.ndarray          # [P, H, W, 3] uint8
+  after: np.ndarray           # [P, H, W, 3] uint8
+  tokens: np.ndarray          # [T, L] int32, one row per caption
+  text_to_pair: np.ndarray    # [T] int32, pair index of each caption
+  captions: list[str]         # [T]
+  changed: np.ndarray         # [P] bool
+  change: list[str]           # [P] change type ("none", "buildings_added", ...)
+  records: list[dict]         # [P] full records (region, counts, ...)
 
 
 @dataclasses.dataclass
@@ -31,6 +47,7 @@ class RetrievalData:
   train_tokens: np.ndarray    # [N, C, L] int32, C captions per image (padding rows all 0)
   eval_splits: dict[str, EvalSplit]
   tokenizer: SentencePieceTokenizer
+  pair_splits: dict[str, PairSplit] = dataclasses.field(default_factory=dict)
 
 
 def _encode_flat(tokenizer, captions: list[list[str]], length: int):
@@ -85,12 +102,27 @@ def load_rs_synth(data: ml_collections.ConfigDict, workdir: str, context_length:
   splits = rs_synth.load_or_generate(spec, data.cache_dir or None, progress=progress)
   captions = {s: [r["captions"] for r in recs] for s, (_, recs) in splits.items()}
   tokenizer = tokenizer_for([c for caps in captions["train"] for c in caps], workdir, vocab_size)
+  eval_splits = {s: _eval_split(tokenizer, splits[s][0], captions[s], context_length)
+                 for s in ("val", "test")}
+  pair_splits = {}
+  if data.get("challenges", False):  # RS-Synth v2 challenge subsets, generated only when asked
+    cspec = rs_synth.ChallengeSpec(seed=data.seed, image_size=data.image_size,
+                                   num_examples=data.get("challenge_size", 500))
+    subsets = rs_synth.load_or_generate_challenges(cspec, data.cache_dir or None, progress)
+    for name in ("multiscale", "small_objects"):
+      arrays, recs = subsets[name]
+      eval_splits[name] = _eval_split(tokenizer, arrays["images"], [r["captions"] for r in recs],
+                                      context_length)
+      eval_splits[name].labels = rs_synth.caption_labels(recs)
+    arrays, recs = subsets["temporal"]
+    ids, owner, flat = _encode_flat(tokenizer, [r["captions"] for r in recs], context_length)
+    pair_splits["temporal"] = PairSplit(
+        arrays["before"], arrays["after"], ids, owner, flat,
+        np.asarray([r["changed"] for r in recs], bool), [r["change"] for r in recs], recs)
   return RetrievalData(
       train_images=splits["train"][0],
       train_tokens=_tokenize_per_image(tokenizer, captions["train"], context_length),
-      eval_splits={s: _eval_split(tokenizer, splits[s][0], captions[s], context_length)
-                   for s in ("val", "test")},
-      tokenizer=tokenizer)
+      eval_splits=eval_splits, tokenizer=tokenizer, pair_splits=pair_splits)
 
 
 def load_annotated(*args, **kwargs) -> RetrievalData:

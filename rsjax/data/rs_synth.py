@@ -12,6 +12,7 @@ generation parallelizes trivially. `load_or_generate` caches the splits on disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -411,8 +412,10 @@ def _cell(position: str, size: int) -> Box:
   return c * s, r * s, (c + 1) * s, (r + 1) * s
 
 
-def _sample_group(rng: np.random.Generator, cls: str, position: str, landcover: str) -> dict:
-  size = _choice(rng, grammar.SIZES, SIZE_PROBS)
+def _sample_group(rng: np.random.Generator, cls: str, position: str, landcover: str,
+                  size: str | None = None) -> dict:
+  """Group parameters; `size` forces a size class (v1 draws it: the draw order is fixed)."""
+  size = size or _choice(rng, grammar.SIZES, SIZE_PROBS)
   count = 1 if size == "large" else int(rng.integers(1, 5))  # one large object fills a cell
   if cls == "ship":
     context = "water" if landcover == "water" else _choice(rng, ("pond", "harbor"))
@@ -654,21 +657,21 @@ def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def render_example(spec: SynthSpec, split: str, index: int) -> tuple[np.ndarray, dict]:
-  """One image [H, W, 3] uint8 and its record.
+def _water_source(img: np.ndarray, landcover: str, seed: list[int]) -> Callable[[], np.ndarray]:
+  """The water texture for rivers/ponds/harbours: the background itself on water, else made on
+  demand from its own stream (`seed`), so images that need none do not pay for it."""
+  if landcover == "water":
+    water_img = img.copy()
+    return lambda: water_img
+  return _lazy_water(np.random.default_rng(seed), img.shape[0])
 
-  Record: {"captions": [5 str], "landcover", "groups": [{"cls", "count", "size", "position",
-  "context", "color", "pixel_sizes": [count int], "boxes": [[x0, y0, x1, y1] int]}], "road",
-  "river", "split", "index"}. Deterministic: rng = default_rng([seed, split_id, index]).
-  """
-  size = int(spec.image_size)
-  rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
+
+def _scene(rng: np.random.Generator, water_seed: list[int], size: int) -> tuple[np.ndarray, dict]:
+  """A v1 scene before captions and finishing: float image [S, S, 3] and {"landcover", "groups",
+  "road", "river"}. The order of random draws here defines RS-Synth v1's bytes: do not reorder."""
   landcover = _choice(rng, LANDCOVERS)
   img = BACKGROUNDS[landcover](rng, size)
-  # The water texture for rivers/ponds/harbours has its own stream so it is only made on demand.
-  water_img = img.copy() if landcover == "water" else None
-  water = ((lambda: water_img) if water_img is not None else
-           _lazy_water(np.random.default_rng([spec.seed, SPLITS.index(split), index, 1]), size))
+  water = _water_source(img, landcover, water_seed)
   road = bool(rng.random() < ROAD_PROB)
   river_cov = None
   if landcover != "water" and rng.random() < RIVER_PROB:
@@ -682,27 +685,47 @@ def render_example(spec: SynthSpec, split: str, index: int) -> tuple[np.ndarray,
   groups = [_sample_group(rng, CLASSES[c], grammar.POSITIONS[p], landcover)
             for c, p in zip(classes, positions)]
   lengths = [[_object_length(rng, g["size"], size) for _ in range(g["count"])] for g in groups]
-
-  placements = []
-  for g, ls in zip(groups, lengths):
-    on_water = landcover == "water"
-    if river_cov is not None and g["context"] == "none":  # keep tanks/buildings off the river
-      rows, cols, _ = _box_coverage(size, _cell(g["position"], size))
-      on_water = bool(river_cov[rows, cols].max() > 0)
-    placements.append(_draw_context(img, rng, g, ls, water, on_water))
-
+  placements = [_draw_context(img, rng, g, ls, water, _on_water(g, landcover, river_cov, size))
+                for g, ls in zip(groups, lengths)]
   sun = (math.cos(a := rng.uniform(0, 2 * np.pi)), math.sin(a))
   for g, ls, (box, axis) in zip(groups, lengths, placements):
     objs = _layout_group(rng, g, ls, box, axis, landcover)
     for o in objs:
       _draw_object(img, o, sun)
-    g["pixel_sizes"] = [int(o["L"]) for o in objs]
-    g["boxes"] = [[int(math.floor(o["cx"] - o["hx"])), int(math.floor(o["cy"] - o["hy"])),
-                   int(math.ceil(o["cx"] + o["hx"])), int(math.ceil(o["cy"] + o["hy"]))]
-                  for o in objs]
-  captions = grammar.make_captions(landcover, groups, rng, road=road, river=river_cov is not None)
-  record = {"captions": captions, "landcover": landcover, "groups": groups, "road": road,
-            "river": river_cov is not None, "split": split, "index": int(index)}
+    _describe_objects(g, objs)
+  return img, {"landcover": landcover, "groups": groups, "road": road,
+               "river": river_cov is not None}
+
+
+def _on_water(group: dict, landcover: str, river_cov: np.ndarray | None, size: int) -> bool:
+  """Whether the group's cell is water (then land objects get a pad, see _draw_context)."""
+  if river_cov is not None and group["context"] == "none":  # keep tanks/buildings off the river
+    rows, cols, _ = _box_coverage(size, _cell(group["position"], size))
+    return bool(river_cov[rows, cols].max() > 0)
+  return landcover == "water"
+
+
+def _describe_objects(group: dict, objs: list[dict]) -> None:
+  """Record what was drawn: object lengths and boxes rounded outwards (ints)."""
+  group["pixel_sizes"] = [int(o["L"]) for o in objs]
+  group["boxes"] = [[int(math.floor(o["cx"] - o["hx"])), int(math.floor(o["cy"] - o["hy"])),
+                     int(math.ceil(o["cx"] + o["hx"])), int(math.ceil(o["cy"] + o["hy"]))]
+                    for o in objs]
+
+
+def render_example(spec: SynthSpec, split: str, index: int) -> tuple[np.ndarray, dict]:
+  """One image [H, W, 3] uint8 and its record.
+
+  Record: {"captions": [5 str], "landcover", "groups": [{"cls", "count", "size", "position",
+  "context", "color", "pixel_sizes": [count int], "boxes": [[x0, y0, x1, y1] int]}], "road",
+  "river", "split", "index"}. Deterministic: rng = default_rng([seed, split_id, index]).
+  """
+  sid = SPLITS.index(split)
+  rng = np.random.default_rng([spec.seed, sid, index])
+  img, scene = _scene(rng, [spec.seed, sid, index, 1], int(spec.image_size))
+  captions = grammar.make_captions(scene["landcover"], scene["groups"], rng, road=scene["road"],
+                                   river=scene["river"])
+  record = {"captions": captions, **scene, "split": split, "index": int(index)}
   return _finish(img, rng), record
 
 
@@ -735,6 +758,21 @@ def _num_workers(num_workers: int | None) -> int:
   return (os.cpu_count() or 1) if num_workers is None else max(1, int(num_workers))
 
 
+def _map_chunks(fn, jobs: list, workers: int, pool: multiprocessing.pool.Pool | None):
+  """fn over jobs, in order: in `pool`, in-process for 1 worker / 1 job, else in a new pool."""
+  if pool is not None:
+    return list(pool.imap(fn, jobs))
+  if workers == 1 or len(jobs) <= 1:
+    return list(map(fn, jobs))
+  with _make_pool(min(workers, len(jobs))) as own:
+    return list(own.imap(fn, jobs))
+
+
+def _chunk_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+  chunk = max(16, math.ceil(n / (workers * 8)))   # ~8 chunks per worker balances the load
+  return [(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+
+
 def generate_split(spec: SynthSpec, split: str, num_workers: int | None = None, *,
                    pool: multiprocessing.pool.Pool | None = None) -> tuple[np.ndarray, list[dict]]:
   """All images of a split [N, H, W, 3] uint8 plus their N records, in index order.
@@ -746,23 +784,12 @@ def generate_split(spec: SynthSpec, split: str, num_workers: int | None = None, 
     raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
   n = spec.num_examples(split)
   workers = _num_workers(num_workers)
-  chunk = max(16, math.ceil(n / (workers * 8)))   # ~8 chunks per worker balances the load
-  jobs = [(spec, split, s, min(n, s + chunk)) for s in range(0, n, chunk)]
+  jobs = [(spec, split, s, e) for s, e in _chunk_bounds(n, workers)]
   images = np.empty((n, spec.image_size, spec.image_size, 3), np.uint8)
   records: list[dict] = []
-
-  def collect(results) -> None:
-    for (_, _, s, e), (imgs, recs) in zip(jobs, results):
-      images[s:e] = imgs
-      records.extend(recs)
-
-  if pool is not None:
-    collect(pool.imap(_render_range, jobs))
-  elif workers == 1 or len(jobs) <= 1:
-    collect(map(_render_range, jobs))
-  else:
-    with _make_pool(min(workers, len(jobs))) as own:
-      collect(own.imap(_render_range, jobs))
+  for (_, _, s, e), (imgs, recs) in zip(jobs, _map_chunks(_render_range, jobs, workers, pool)):
+    images[s:e] = imgs
+    records.extend(recs)
   return images, records
 
 
@@ -773,8 +800,32 @@ def spec_hash(spec: SynthSpec) -> str:
 
 def cache_path(spec: SynthSpec, cache_dir: str | os.PathLike | None = None) -> Path:
   """<cache_dir or $RSJAX_CACHE or ~/.cache/rsjax>/rs_synth/<version>-<hash of spec>."""
+  return _cache_root(cache_dir) / f"{spec.version}-{spec_hash(spec)}"
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
   root = Path(cache_dir or os.environ.get("RSJAX_CACHE") or Path.home() / ".cache" / "rsjax")
-  return root.expanduser() / "rs_synth" / f"{spec.version}-{spec_hash(spec)}"
+  return root.expanduser() / "rs_synth"
+
+
+@contextlib.contextmanager
+def _staging_dir(path: Path):
+  """A temporary directory beside `path`, renamed to `path` when the block completes.
+
+  A killed generation never leaves a half cache behind; a concurrent writer simply loses the race.
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  try:
+    yield tmp
+    if path.exists():  # stale or incomplete (callers read complete ones first): replace it
+      shutil.rmtree(path, ignore_errors=True)
+    try:
+      os.replace(tmp, path)
+    except OSError:  # another process finished first; its cache is equivalent
+      pass
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_cache(path: Path, spec: SynthSpec) -> dict[str, tuple[np.ndarray, list[dict]]] | None:
@@ -806,8 +857,7 @@ def load_or_generate(spec: SynthSpec, cache_dir: str | os.PathLike | None = None
                      progress: bool = True) -> dict[str, tuple[np.ndarray, list[dict]]]:
   """{split: (images [N, H, W, 3] uint8, records)} from the cache, generating it if needed.
 
-  The cache directory is written under a temporary name and renamed into place, so a killed
-  generation never leaves a half cache behind; a concurrent writer simply loses the race.
+  The cache directory is written under a temporary name and renamed into place (_staging_dir).
   """
   path = cache_path(spec, cache_dir)
   cached = _read_cache(path, spec)
@@ -816,31 +866,392 @@ def load_or_generate(spec: SynthSpec, cache_dir: str | os.PathLike | None = None
       sizes = ", ".join(f"{s} {len(cached[s][1])}" for s in SPLITS)
       print(f"rs_synth: loaded {sizes} from {path}", file=sys.stderr)
     return cached
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
   workers = _num_workers(None)
   pool = _make_pool(workers) if workers > 1 else None   # one pool for all splits
   try:
-    out = {}
-    for split in SPLITS:
-      t0 = time.perf_counter()
-      images, records = generate_split(spec, split, pool=pool)
-      _write_split(tmp, split, images, records)
-      out[split] = (images, records)
-      if progress:
-        print(f"rs_synth: generated {split}: {len(images)} images at {spec.image_size}px "
-              f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
-    if path.exists():  # stale or incomplete (a complete one was read above): replace it
-      shutil.rmtree(path, ignore_errors=True)
-    try:
-      os.replace(tmp, path)
-    except OSError:  # another process finished first; its cache is equivalent
-      pass
-    if progress:
-      print(f"rs_synth: cached at {path}", file=sys.stderr)
-    return out
+    with _staging_dir(path) as tmp:
+      out = {}
+      for split in SPLITS:
+        t0 = time.perf_counter()
+        images, records = generate_split(spec, split, pool=pool)
+        _write_split(tmp, split, images, records)
+        out[split] = (images, records)
+        if progress:
+          print(f"rs_synth: generated {split}: {len(images)} images at {spec.image_size}px "
+                f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+      (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
   finally:
     if pool is not None:
       pool.terminate()
-    shutil.rmtree(tmp, ignore_errors=True)
+  if progress:
+    print(f"rs_synth: cached at {path}", file=sys.stderr)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# RS-Synth v2: three labelled challenge subsets beside the unchanged v1 splits. Each example is a
+# pure function of (spec.seed, subset, index) on its own random streams (ids 10-12, apart from
+# v1's split ids 0-2), so generating them never changes a v1 byte.
+
+CHALLENGES = ("multiscale", "small_objects", "temporal")
+_STREAMS = {"multiscale": 10, "small_objects": 11, "temporal": 12}
+SMALL_MAX_PX = 8                      # the small-objects subset's objects span at most this
+TEMPORAL_LANDCOVERS = tuple(lc for lc in LANDCOVERS if lc != "water")   # buildings need land
+CHANGE_PROBS = (0.25, 0.25, 0.25, 0.25)   # over grammar.CHANGE_TYPES; "none" is the first
+
+
+@dataclasses.dataclass(frozen=True)
+class ChallengeSpec:
+  """Identity of the v2 challenge subsets; all fields are part of their cache key.
+
+  num_examples: images (multiscale), original/distractor pairs (small_objects, 2 images each) or
+  before/after pairs (temporal) per subset.
+  """
+  version: str = "v2"
+  seed: int = 0
+  image_size: int = 64
+  num_examples: int = 500
+
+  def __post_init__(self):
+    if self.image_size < 16:
+      raise ValueError(f"image_size must be >= 16 (3x3 grid of objects), got {self.image_size}")
+    if self.num_examples < 0:
+      raise ValueError(f"num_examples must be >= 0: {self}")
+
+
+def _streams(spec: ChallengeSpec, subset: str, index: int) -> tuple[np.random.Generator, list[int]]:
+  """The example's main generator and the seed prefix of its side streams (water, finishing)."""
+  seed = [spec.seed, _STREAMS[subset], int(index)]
+  return np.random.default_rng(seed), seed
+
+
+def render_multiscale(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, dict]:
+  """One v1-style image [H, W, 3] uint8 with two scene-level and two object-level captions.
+
+  Record: v1's scene fields ("landcover", "groups", "road", "river") plus "captions" [4],
+  "levels" [4] ("scene" | "object"), "caption_groups" [4] (index into groups; -1 for scene
+  level), "subset", "index".
+  """
+  rng, seed = _streams(spec, "multiscale", index)
+  img, scene = _scene(rng, seed + [1], int(spec.image_size))
+  args = scene["groups"], scene["landcover"]
+  scene_caps = grammar.scene_level_captions(*args, rng, road=scene["road"], river=scene["river"])
+  object_caps = grammar.object_level_captions(*args, rng)
+  record = {"subset": "multiscale", "index": int(index),
+            "captions": scene_caps + [c for c, _ in object_caps],
+            "levels": ["scene"] * len(scene_caps) + ["object"] * len(object_caps),
+            "caption_groups": [-1] * len(scene_caps) + [g for _, g in object_caps], **scene}
+  return _finish(img, rng), record
+
+
+def _distinct(make: Callable[[], str], n: int) -> list[str]:
+  """n different captions from `make` (redrawing the wording on a collision)."""
+  out: list[str] = []
+  for _ in range(n):
+    text = make()
+    for _ in range(20):
+      if text not in out:
+        break
+      text = make()
+    out.append(text)
+  return out
+
+
+def render_small_objects(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, list[dict]]:
+  """An (original, distractor) pair [2, H, W, 3] uint8 that differ only in one small group.
+
+  The small group's objects span at most SMALL_MAX_PX pixels; the distractor lost all of them
+  ("removed") or some ("fewer"). Everything else, sensor noise included, is identical, so each
+  image's two captions (the group's count, class, place) are true of it and false of its partner.
+  Records (one per image): "subset", "index" (image index 2 * pair + role), "pair", "role"
+  ("original" | "distractor"), "distractor" (the pair's kind), "captions" [2], "landcover",
+  "road", "river", "groups" (group 0 is the small one, described as drawn in this image, with
+  "extents" [count] of its objects in pixels), "hidden_boxes" (boxes of the small objects this
+  image lacks and its partner has; [] for the original).
+  """
+  size = int(spec.image_size)
+  rng, seed = _streams(spec, "small_objects", index)
+  landcover = _choice(rng, LANDCOVERS)
+  img = BACKGROUNDS[landcover](rng, size)
+  water = _water_source(img, landcover, seed + [1])
+  road = bool(rng.random() < ROAD_PROB)
+  river_cov = _draw_river(img, rng, water) if landcover != "water" and rng.random() < RIVER_PROB else None
+  if road:
+    _draw_road(img, rng)
+  n_groups = 1 if rng.random() < 0.5 else 2   # the second group is bigger and in both images
+  classes = rng.permutation(len(CLASSES))[:n_groups]
+  positions = rng.permutation(len(grammar.POSITIONS))[:n_groups]
+  sizes = ["small", _choice(rng, ("medium", "large"))]
+  groups = [_sample_group(rng, CLASSES[c], grammar.POSITIONS[p], landcover, size=z)
+            for c, p, z in zip(classes, positions, sizes)]
+  lengths = [[min(SMALL_MAX_PX, _object_length(rng, g["size"], size)) if g["size"] == "small"
+              else _object_length(rng, g["size"], size) for _ in range(g["count"])] for g in groups]
+  placements = [_draw_context(img, rng, g, ls, water, _on_water(g, landcover, river_cov, size))
+                for g, ls in zip(groups, lengths)]
+  sun = (math.cos(a := rng.uniform(0, 2 * np.pi)), math.sin(a))
+  layouts = [_layout_group(rng, g, ls, box, axis, landcover)
+             for g, ls, (box, axis) in zip(groups, lengths, placements)]
+  small = layouts[0]
+  for o in small:   # cap the footprint, not only the length (a rotated plane is wider than long)
+    o["L"], o["parts"], o["hx"], o["hy"] = _fit(_parts_fn(o), o["L"], o["angle"],
+                                                (0, 0, SMALL_MAX_PX, SMALL_MAX_PX))
+    o["wake"] = False    # a wake would trail well beyond the object
+  count = len(small)
+  kind = "fewer" if count >= 2 and rng.random() < 0.5 else "removed"
+  kept = sorted(rng.permutation(count)[:int(rng.integers(1, count))]) if kind == "fewer" else []
+  for objs in layouts[1:]:
+    for o in objs:
+      _draw_object(img, o, sun)
+
+  images, records = [], []
+  for role, visible in (("original", list(range(count))), ("distractor", kept)):
+    canvas = img.copy()
+    for i in visible:
+      _draw_object(canvas, small[i], sun)
+    drawn = [dict(g) for g in groups]
+    drawn[0]["count"] = len(visible)
+    _describe_objects(drawn[0], [small[i] for i in visible])
+    drawn[0]["extents"] = [round(2 * max(small[i]["hx"], small[i]["hy"]), 3) for i in visible]
+    for g, objs in zip(drawn[1:], layouts[1:]):
+      _describe_objects(g, objs)
+    if visible:
+      captions = [grammar.detail_caption(drawn[0], landcover, rng),
+                  grammar.count_caption(drawn[0], landcover, rng)]
+    else:
+      captions = _distinct(lambda: grammar.absent_caption(drawn[0], landcover, rng), 2)
+    hidden = [i for i in range(count) if i not in visible]
+    hidden_record = {"pixel_sizes": [], "boxes": []}
+    _describe_objects(hidden_record, [small[i] for i in hidden])
+    # The same finishing stream for both: identical illumination and sensor noise.
+    images.append(_finish(canvas, np.random.default_rng(seed + [2])))
+    records.append({"subset": "small_objects", "index": 2 * int(index) + len(records),
+                    "pair": int(index), "role": role, "distractor": kind, "captions": captions,
+                    "landcover": landcover, "road": road, "river": river_cov is not None,
+                    "groups": drawn, "hidden_boxes": hidden_record["boxes"]})
+  return np.stack(images), records
+
+
+def _road_band(img: np.ndarray, rng: np.random.Generator, orientation: str, band: int) -> Box:
+  """A straight, slightly tilted road inside one third of the image (band 0-2 from the top or the
+  left); returns that third as a box."""
+  size = img.shape[0]
+  yy, xx = _grid(size)
+  third = size / 3
+  half = max(1.0, size * rng.uniform(0.02, 0.032))
+  tilt = rng.uniform(-0.04, 0.04)
+  margin = half + 2 + abs(tilt) * size / 2     # the whole anti-aliased edge stays in the band
+  centre = rng.uniform(band * third + margin, (band + 1) * third - margin)
+  along, across = (xx, yy) if orientation == "horizontal" else (yy, xx)
+  d = np.abs((across - centre) * math.cos(tilt) - (along - size / 2) * math.sin(tilt))
+  _blend(img, _unit(half + 0.5 - d), ASPHALT + rng.uniform(-8, 8))
+  if half >= 1.5:
+    _blend(img, _unit(0.7 - d) * 0.5, np.array([215, 215, 200], np.float32))
+  lo, hi = band * third, (band + 1) * third
+  return (0.0, lo, float(size), hi) if orientation == "horizontal" else (lo, 0.0, hi, float(size))
+
+
+def render_temporal(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+  """A before/after pair, each [H, W, 3] uint8, and its record.
+
+  The change ("buildings_added" | "buildings_removed" | "road_built") lies inside "region_box"
+  [x0, y0, x1, y1] (a grid cell, or a third of the image for a road; building shadows may reach a
+  few pixels past it); "none" pairs differ only in nuisance: each date has its own illumination
+  (gain) and sensor noise, as every pair does. Record: "subset", "index", "changed", "change",
+  "region" (grid position named in the captions, or None), "region_box", "captions" [3],
+  "landcover", "river", "road" ({"orientation", "position"} for a built road, else None),
+  "buildings" (the changed group with its drawn "pixel_sizes" / "boxes", or None), "groups"
+  (an optional unchanged group, present on both dates).
+  """
+  size = int(spec.image_size)
+  rng, seed = _streams(spec, "temporal", index)
+  landcover = _choice(rng, TEMPORAL_LANDCOVERS)
+  img = BACKGROUNDS[landcover](rng, size)
+  water = _water_source(img, landcover, seed + [1])
+  river_cov = _draw_river(img, rng, water) if rng.random() < RIVER_PROB else None
+  change = _choice(rng, grammar.CHANGE_TYPES, CHANGE_PROBS)
+
+  region, region_cells, road, buildings = None, (), None, None
+  if change == "road_built":
+    orientation = _choice(rng, ("horizontal", "vertical"))
+    band = int(rng.integers(3))
+    region_cells = tuple(band * 3 + k if orientation == "horizontal" else k * 3 + band
+                         for k in range(3))
+    region = grammar.POSITIONS[region_cells[1]]
+    road = {"orientation": orientation, "position": region}
+  elif change != "none":
+    dry = [p for p in grammar.POSITIONS if not _on_water({"position": p, "context": "none"},
+                                                         landcover, river_cov, size)]
+    region = _choice(rng, tuple(dry or grammar.POSITIONS))
+    region_cells = (grammar.POSITIONS.index(region),)
+  # An unchanged group elsewhere, so that objects alone do not signal a change.
+  groups = []
+  if rng.random() < 0.7:
+    free = [p for i, p in enumerate(grammar.POSITIONS) if i not in region_cells]
+    groups.append(_sample_group(rng, _choice(rng, CLASSES), _choice(rng, tuple(free)), landcover))
+  lengths = [[_object_length(rng, g["size"], size) for _ in range(g["count"])] for g in groups]
+  placements = [_draw_context(img, rng, g, ls, water, _on_water(g, landcover, river_cov, size))
+                for g, ls in zip(groups, lengths)]
+  sun = (math.cos(a := rng.uniform(0, 2 * np.pi)), math.sin(a))
+  layouts = [_layout_group(rng, g, ls, box, axis, landcover)
+             for g, ls, (box, axis) in zip(groups, lengths, placements)]
+
+  before, after = img, img.copy()
+  if road is not None:
+    region_box = _road_band(after, rng, road["orientation"], region_cells[0] // 3
+                            if road["orientation"] == "horizontal" else region_cells[0] % 3)
+  elif change != "none":
+    buildings = _sample_group(rng, "building", region, landcover)
+    b_lengths = [_object_length(rng, buildings["size"], size) for _ in range(buildings["count"])]
+    region_box = _cell(region, size)
+    b_objs = _layout_group(rng, buildings, b_lengths, _inset(region_box, 0.5), int(rng.integers(2)),
+                           landcover)
+    for o in b_objs:
+      _draw_object(after if change == "buildings_added" else before, o, sun)
+    _describe_objects(buildings, b_objs)
+  else:
+    region_box = None
+  for g, objs in zip(groups, layouts):   # on top of everything, on both dates
+    for o in objs:
+      _draw_object(before, o, sun)
+      _draw_object(after, o, sun)
+    _describe_objects(g, objs)
+
+  captions = grammar.change_captions(change, landcover, rng, group=buildings, road=road)
+  record = {"subset": "temporal", "index": int(index), "changed": change != "none",
+            "change": change, "region": region,
+            "region_box": None if region_box is None else [round(float(v), 3) for v in region_box],
+            "captions": captions, "landcover": landcover, "river": river_cov is not None,
+            "road": road, "buildings": buildings, "groups": groups}
+  return (_finish(before, np.random.default_rng(seed + [2])),
+          _finish(after, np.random.default_rng(seed + [3])), record)
+
+
+def _render_challenge_range(args: tuple[ChallengeSpec, str, int, int]
+                            ) -> tuple[dict[str, np.ndarray], list[dict]]:
+  """Examples start..stop of a subset as stacked arrays + records (see generate_challenge)."""
+  spec, subset, start, stop = args
+  arrays: dict[str, list[np.ndarray]] = {}
+  records: list[dict] = []
+  for i in range(start, stop):
+    if subset == "multiscale":
+      img, rec = render_multiscale(spec, i)
+      parts, recs = {"images": img[None]}, [rec]
+    elif subset == "small_objects":
+      pair, recs = render_small_objects(spec, i)
+      parts = {"images": pair}
+    else:
+      before, after, rec = render_temporal(spec, i)
+      parts, recs = {"before": before[None], "after": after[None]}, [rec]
+    for k, v in parts.items():
+      arrays.setdefault(k, []).append(v)
+    records.extend(recs)
+  return {k: np.concatenate(v) for k, v in arrays.items()}, records
+
+
+def _challenge_arrays(subset: str) -> tuple[str, ...]:
+  return ("before", "after") if subset == "temporal" else ("images",)
+
+
+def generate_challenge(spec: ChallengeSpec, subset: str, num_workers: int | None = None, *,
+                       pool: multiprocessing.pool.Pool | None = None
+                       ) -> tuple[dict[str, np.ndarray], list[dict]]:
+  """One challenge subset as ({name: uint8 array}, records), in index order.
+
+  multiscale: {"images": [N, H, W, 3]}, N records (4 captions each, labelled by level);
+  small_objects: {"images": [2N, H, W, 3]} (original 2i, distractor 2i + 1), 2N records;
+  temporal: {"before": [N, H, W, 3], "after": [N, H, W, 3]}, N records (3 change captions each).
+  """
+  if subset not in CHALLENGES:
+    raise ValueError(f"unknown RS-Synth challenge subset {subset!r}, expected one of {CHALLENGES}")
+  n, s = spec.num_examples, spec.image_size
+  workers = _num_workers(num_workers)
+  jobs = [(spec, subset, a, b) for a, b in _chunk_bounds(n, workers)]
+  per = 2 if subset == "small_objects" else 1
+  arrays = {k: np.empty((per * n, s, s, 3), np.uint8) for k in _challenge_arrays(subset)}
+  records: list[dict] = []
+  for (_, _, a, b), (parts, recs) in zip(jobs, _map_chunks(_render_challenge_range, jobs,
+                                                            workers, pool)):
+    for k, v in parts.items():
+      arrays[k][per * a:per * b] = v
+    records.extend(recs)
+  return arrays, records
+
+
+def challenge_cache_path(spec: ChallengeSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+  """<cache root>/rs_synth/<version>-challenges-<hash of spec>, apart from the v1 split caches."""
+  return _cache_root(cache_dir) / f"{spec.version}-challenges-{spec_hash(spec)}"
+
+
+def _read_challenges(path: Path, spec: ChallengeSpec):
+  """The cached subsets, or None if the directory is missing, foreign or incomplete."""
+  try:
+    if json.loads((path / "spec.json").read_text()) != dataclasses.asdict(spec):
+      return None
+    out = {}
+    for subset in CHALLENGES:
+      per = 2 if subset == "small_objects" else 1
+      arrays = {k: np.load(path / f"{subset}_{k}.npy") for k in _challenge_arrays(subset)}
+      with open(path / f"{subset}.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+      if (any(len(a) != per * spec.num_examples for a in arrays.values())
+          or len(records) != per * spec.num_examples):
+        return None
+      out[subset] = (arrays, records)
+    return out
+  except (OSError, ValueError):
+    return None
+
+
+def load_or_generate_challenges(spec: ChallengeSpec, cache_dir: str | os.PathLike | None = None,
+                                progress: bool = True
+                                ) -> dict[str, tuple[dict[str, np.ndarray], list[dict]]]:
+  """{subset: (arrays, records)} for all CHALLENGES (see generate_challenge), cached on disk
+  atomically like the v1 splits but under their own key (challenge_cache_path)."""
+  path = challenge_cache_path(spec, cache_dir)
+  cached = _read_challenges(path, spec)
+  if cached is not None:
+    if progress:
+      print(f"rs_synth: loaded challenge subsets from {path}", file=sys.stderr)
+    return cached
+  workers = _num_workers(None)
+  pool = _make_pool(workers) if workers > 1 else None
+  try:
+    with _staging_dir(path) as tmp:
+      out = {}
+      for subset in CHALLENGES:
+        t0 = time.perf_counter()
+        arrays, records = generate_challenge(spec, subset, pool=pool)
+        for k, v in arrays.items():
+          np.save(tmp / f"{subset}_{k}.npy", v)
+        with open(tmp / f"{subset}.jsonl", "w", encoding="utf-8") as f:
+          f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        out[subset] = (arrays, records)
+        if progress:
+          print(f"rs_synth: generated {subset}: {len(records)} records at {spec.image_size}px "
+                f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+      (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+  finally:
+    if pool is not None:
+      pool.terminate()
+  if progress:
+    print(f"rs_synth: cached challenge subsets at {path}", file=sys.stderr)
+  return out
+
+
+def caption_labels(records: list[dict]) -> dict[str, np.ndarray]:
+  """Per-caption labels of a multiscale or small_objects subset, flattened in caption order
+  (the order of EvalSplit rows): {name: [T] array}.
+
+  multiscale: "level" (str), "group" (int, -1 for scene level); small_objects: "role" (str),
+  "distractor" (str), "count" (int: the small objects the caption's image shows).
+  """
+  subsets = {r.get("subset") for r in records}
+  if subsets == {"multiscale"}:
+    return {"level": np.asarray([lv for r in records for lv in r["levels"]]),
+            "group": np.asarray([g for r in records for g in r["caption_groups"]], np.int32)}
+  if subsets == {"small_objects"}:
+    per = [(r, c) for r in records for c in r["captions"]]
+    return {"role": np.asarray([r["role"] for r, _ in per]),
+            "distractor": np.asarray([r["distractor"] for r, _ in per]),
+            "count": np.asarray([r["groups"][0]["count"] for r, _ in per], np.int32)}
+  raise ValueError(f"caption_labels takes multiscale or small_objects records, got {subsets}")
