@@ -201,9 +201,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   if data.tokenizer.vocab_size > config.model.text.vocab_size:
     raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
                      f"'model.text.vocab_size' is {config.model.text.vocab_size}")
-  train_iter = pipeline.train_iterator(
-      data.train_images, data.train_tokens, t.batch_size, t.seed,
-      jax.process_index(), jax.process_count())
+  if hasattr(data, "train_iterator"):  # a streamed set (data.name="tfds"): grain decodes + augments
+    train_iter = data.train_iterator(t.batch_size, t.seed, jax.process_index(), jax.process_count())
+  else:
+    train_iter = pipeline.train_iterator(
+        data.train_images, data.train_tokens, t.batch_size, t.seed,
+        jax.process_index(), jax.process_count())
 
   # Model, optimizer, sharded state: restored from the latest checkpoint, else initialised.
   model = create_model(config)

@@ -130,7 +130,12 @@ def load_annotated(*args, **kwargs) -> RetrievalData:
   return load(*args, **kwargs)
 
 
-LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated}
+def load_prepared(*args, **kwargs) -> RetrievalData:
+  from rsjax.data.prepared import load_prepared as load  # TFDS loads only when asked for
+  return load(*args, **kwargs)
+
+
+LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated, "tfds": load_prepared}
 
 
 def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,

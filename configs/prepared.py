@@ -1,0 +1,50 @@
+"""Train on a data set prepared with `rsjax data prepare` (data.name="tfds"), streamed by grain
+with RS augmentations. The model is the smoke config's.
+
+  rsjax data prepare rsicd_samples --manual-dir ../shared/data/rsicd_samples --data-dir data/
+  rsjax data tokenizer rsicd_samples --data-dir data/ --vocab-size 512      # optional
+  rsjax train --config configs/prepared.py:builder=rsicd_samples,data_dir=data/ --workdir runs/x
+
+The data keys are documented in rsjax/data/prepared.py.
+"""
+
+import importlib.util
+import os
+
+from rsjax.config import parse_arg
+
+SMOKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke.py")
+
+
+def _smoke_config():
+  spec = importlib.util.spec_from_file_location("rsjax_smoke_config", SMOKE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(arg=None):
+  args = parse_arg(arg)
+  c = _smoke_config()
+  c.data = dict(
+      name="tfds",
+      data_dir=args.get("data_dir", "data"),
+      builder=args.get("builder", "rsicd_samples"),
+      version="",
+      train_split="train",
+      image_size=int(args.get("res", 64)),
+      bands=(),
+      max_value=0.0,
+      label_prompt="",
+      augment=dict(crop_scale_min=0.5, dihedral=True, color_jitter=0.0),
+      num_workers=int(args.get("workers", 0)),
+      prefetch=4,
+      tokenizer_path="",
+  )
+  c.train.steps = int(args.get("steps", 200))
+  c.train.batch_size = int(args.get("batch", 32))
+  c.train.warmup_steps = 20
+  c.train.checkpoint_every = 100
+  c.train.log_every = 20
+  c.eval.update(split="test", batch_size=64, every=0)
+  return c

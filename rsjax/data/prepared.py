@@ -1,0 +1,125 @@
+"""`data.name="tfds"`: train on a set made by `rsjax data prepare`, streamed through grain.
+
+Training batches stream from the array_record files (decode, augment, caption sampling, tokenize in
+the grain pipeline of rsjax/data/stream.py); evaluation splits are decoded once into memory at
+data.image_size without augmentation.
+
+Config keys (data section), see configs/prepared.py:
+  data_dir, builder     the prepared set is <data_dir>/<builder>/<version>
+  version               "" -> the newest version present
+  train_split           split to train on; every other split is available for evaluation
+  image_size            side in pixels of train crops and eval images
+  bands, max_value      band choice and white level for TIFFs (see rsjax/data/decode.py)
+  label_prompt          "" or e.g. "an aerial photograph of {label}" for label-only sets
+  augment               crop_scale_min (1.0: no random crop), dihedral (flips/quarter turns with
+                        caption rewriting), color_jitter (0: off)
+  num_workers, prefetch grain worker processes (0: threads in this process) and their buffers
+  tokenizer_path        "" -> tokenizer.model beside the prepared set when present (rsjax data
+                        tokenizer), else one trained on the train captions in the workdir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+
+from rsjax.data import augment, decode, stream, tfds_builders, tokenizer_files
+from rsjax.data.datasets import RetrievalData, _eval_split, tokenizer_for
+from rsjax.metric_writer import log
+
+
+@dataclasses.dataclass
+class StreamingRetrievalData(RetrievalData):
+  """RetrievalData whose train split streams: train_images / train_tokens are empty and
+  `train_iterator(global_batch, seed, process_index, process_count)` makes the batches."""
+  make_iterator: object = None
+
+  def train_iterator(self, global_batch: int, seed: int, process_index: int = 0,
+                     process_count: int = 1):
+    return self.make_iterator(global_batch, seed, process_index, process_count)
+
+
+def prepared_dir(data: ml_collections.ConfigDict) -> str:
+  base = os.path.join(os.path.abspath(data.data_dir), data.builder)
+  version = data.get("version", "")
+  if not version:
+    versions = sorted(os.listdir(base)) if os.path.isdir(base) else []
+    versions = [v for v in versions if not v.startswith("incomplete")]
+    if not versions:
+      raise FileNotFoundError(f"config keys 'data.data_dir'/'data.builder': no prepared set in "
+                              f"{base} (run `rsjax data prepare {data.builder} ...` first)")
+    version = versions[-1]
+  return os.path.join(base, version)
+
+
+def _texts(values) -> list[str]:
+  return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+
+
+def spec_from_config(data: ml_collections.ConfigDict, context_length: int,
+                     tokenizer_path: str) -> stream.StreamSpec:
+  a = data.get("augment", {})
+  return stream.StreamSpec(
+      image_size=data.image_size, context_length=context_length, tokenizer_path=tokenizer_path,
+      augment=augment.AugmentConfig(crop_scale=(a.get("crop_scale_min", 0.5), 1.0),
+                                    dihedral=a.get("dihedral", True),
+                                    color_jitter=a.get("color_jitter", 0.0)),
+      bands=tuple(data.get("bands", ())) or None, max_value=data.get("max_value", 0) or None,
+      label_prompt=data.get("label_prompt", ""))
+
+
+def _eval_arrays(source, spec: stream.StreamSpec) -> tuple[np.ndarray, list[list[str]]]:
+  images, captions = [], []
+  for i in range(len(source)):
+    r = source[i]
+    caps = _texts(r["captions"])
+    label = _texts([r["label"]])[0]
+    if not caps and spec.label_prompt and label:
+      caps = [spec.label_prompt.format(label=label)]
+    if not caps:
+      continue  # label-only records without a prompt cannot be retrieval queries
+    images.append(decode.decode_resized(r["image"], spec.image_size, _texts([r["key"]])[0],
+                                        spec.bands, spec.max_value))
+    captions.append(caps)
+  return np.stack(images), captions
+
+
+def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length: int,
+                  vocab_size: int, progress: bool = True) -> StreamingRetrievalData:
+  path = prepared_dir(data)
+  builder = tfds_builders.load_prepared(path)
+  train_split = data.get("train_split", "train")
+  if train_split not in builder.info.splits:
+    raise ValueError(f"config key 'data.train_split': {path} has no split {train_split!r} "
+                     f"(splits: {sorted(builder.info.splits)})")
+  model_path = data.get("tokenizer_path", "")
+  if not model_path and os.path.isfile(tokenizer_files.beside(path)):
+    model_path = tokenizer_files.beside(path)
+  train_source = builder.as_data_source(train_split)
+  if model_path:
+    tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
+  else:
+    captions = [c for i in range(len(train_source)) for c in _texts(train_source[i]["captions"])]
+    tokenizer = tokenizer_for(captions, workdir, vocab_size)
+  spec = spec_from_config(data, context_length, tokenizer.path)
+  eval_splits = {}
+  for split in builder.info.splits:
+    if split != train_split:
+      images, caps = _eval_arrays(builder.as_data_source(split), spec)
+      eval_splits[split] = _eval_split(tokenizer, images, caps, context_length)
+  log(f"data {path}: train {len(train_source)} records (streamed), " +
+      ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
+
+  def make_iterator(global_batch, seed, process_index, process_count):
+    return stream.train_iterator(train_source, spec, global_batch, seed, process_index,
+                                 process_count, num_workers=data.get("num_workers", 0),
+                                 prefetch=data.get("prefetch", 4))
+
+  size = data.image_size
+  return StreamingRetrievalData(
+      train_images=np.zeros((0, size, size, 3), np.uint8),
+      train_tokens=np.zeros((0, 1, context_length), np.int32),
+      eval_splits=eval_splits, tokenizer=tokenizer, make_iterator=make_iterator)

@@ -1,0 +1,131 @@
+"""grain train pipeline over encoded records: decode, augment, sample a caption, tokenize, batch.
+
+The source is any random-access sequence of records {"image": encoded bytes, "captions": [text],
+...}: a prepared TFDS set (`builder.as_data_source(split)`) or image files read on demand
+(`FileSource`). The stream is
+
+  seeded shuffle (new order each epoch) -> every process_count-th record for this process ->
+  per record: one caption drawn, image decoded, random resized crop, caption-aware flip/rotation,
+  optional colour jitter -> tokenize -> batch -> worker processes with prefetch.
+
+Every random draw comes from grain's per-record generator (seed, record position), so the stream
+is a pure function of the seed, and the iterator's state (a position, saved by orbax through
+grain.checkpoint) restores it exactly, with or without worker processes.
+
+Worker processes (num_workers > 0) need the program's entry point under `if __name__ ==
+"__main__":` (the `rsjax` script has one); absl flags are marked parsed here, as grain needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from rsjax.data import augment, decode, records
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+  """What the per-record work does. Picklable: it travels to the worker processes."""
+  image_size: int
+  context_length: int
+  tokenizer_path: str
+  augment: augment.AugmentConfig = augment.AugmentConfig()
+  bands: tuple[int, ...] | None = None
+  max_value: float | None = None
+  label_prompt: str = ""  # captions for label-only records, e.g. "an aerial image of {label}"
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class FileSource:
+  """Records whose images are read from disk on access: [records.Record] -> record dicts."""
+
+  def __init__(self, recs: Sequence[records.Record]):
+    self._recs = list(recs)
+
+  def __len__(self) -> int:
+    return len(self._recs)
+
+  def __getitem__(self, index: int) -> dict:
+    r = self._recs[index]
+    return {"key": r.key, "image": decode.read_bytes(r.images[0]), "captions": list(r.captions),
+            "label": r.label or ""}
+
+
+class DecodeAugment(grain.transforms.RandomMap):
+  """record -> {"image": [S, S, C] uint8, "caption": str}: one caption, decoded and augmented."""
+
+  def __init__(self, spec: StreamSpec):
+    self.spec = spec
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    s = self.spec
+    captions = [_text(c) for c in record["captions"]]
+    if not captions and s.label_prompt and _text(record.get("label", "")):
+      captions = [s.label_prompt.format(label=_text(record["label"]))]
+    if not captions:
+      raise records.EmptyCaptionsError(f"record {_text(record.get('key', '?'))!r} has no captions")
+    caption = captions[int(rng.integers(len(captions)))]
+    name = _text(record.get("key", "<record>"))
+    crop = s.augment.crop_scale[0] < 1.0
+    if crop:  # decode at full size, then one crop+resize
+      image = decode.to_uint8(decode.decode(record["image"], name, s.bands), s.max_value)
+    else:  # decode straight to the output size (JPEG draft mode)
+      image = decode.decode_resized(record["image"], s.image_size, name, s.bands, s.max_value)
+    image, caption = augment.augment_pair(image, caption, s.image_size, rng, s.augment)
+    return {"image": image, "caption": caption}
+
+
+class Tokenize(grain.transforms.Map):
+  """{"caption": str} -> {"tokens": [L] int32}; the SentencePiece model loads once per process."""
+
+  def __init__(self, tokenizer_path: str, context_length: int):
+    self.tokenizer_path = tokenizer_path
+    self.context_length = context_length
+    self._tokenizer = None
+
+  def __getstate__(self):
+    return {"tokenizer_path": self.tokenizer_path, "context_length": self.context_length,
+            "_tokenizer": None}
+
+  def map(self, element: dict) -> dict:
+    if self._tokenizer is None:
+      from rsjax.data.tokenizers import SentencePieceTokenizer
+      self._tokenizer = SentencePieceTokenizer(self.tokenizer_path)
+    tokens = self._tokenizer.encode([element["caption"]], self.context_length)[0]
+    return {"image": element["image"], "tokens": tokens}
+
+
+def train_dataset(source, spec: StreamSpec, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """Endless batches {'image': [b, S, S, C] uint8, 'tokens': [b, L] int32} of this process."""
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  ds = ds.random_map(DecodeAugment(spec))
+  ds = ds.map(Tokenize(spec.tokenizer_path, spec.context_length))
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_iterator(source, spec: StreamSpec, global_batch: int, seed: int,
+                   process_index: int = 0, process_count: int = 1, num_workers: int = 0,
+                   prefetch: int = 4) -> grain.DatasetIterator:
+  """A checkpointable iterator over `train_dataset`; with num_workers > 0, batches are made in
+  that many worker processes (each prefetching `prefetch` batches)."""
+  ds = train_dataset(source, spec, global_batch // process_count, seed, process_index,
+                     process_count)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if num_workers else 2,
+                                               prefetch_buffer_size=0 if num_workers else prefetch))
+  if num_workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; rsjax parses none
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=prefetch))
+  return iter(it_ds)
