@@ -61,3 +61,102 @@ def retrieval_metrics(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str,
     out[f"t2i_r{k}"] = recall_at_k(t2i_ranks, k)
   out["mR"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS]))
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing: Hamming ranking (DUCH protocol). Items are ranked by Hamming distance to the query,
+# ties by the lower database index (a stable sort). Relevance: a query and a database item are
+# relevant when their group ids are equal -- the scene label (DUCH), or the image index for
+# relevance by pairing (a caption's id is its image's index).
+
+HASH_KS = (20, 100, None)  # None: all items ("mAP@all")
+HAMMING_RADIUS = 2
+
+
+def hamming_from_codes(query_codes: jax.Array, db_codes: jax.Array) -> jax.Array:
+  """{-1, +1} codes [Q, K], [N, K] -> Hamming distances [Q, N] int32.
+
+  d = (K - <q, b>) / 2; the inner products are small integers, exact in float32."""
+  bits = query_codes.shape[-1]
+  dots = jnp.einsum("qk,nk->qn", query_codes.astype(jnp.float32), db_codes.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.round((bits - dots) * 0.5).astype(jnp.int32)
+
+
+def hamming_ranking_stats(dist: jax.Array, relevant: jax.Array, ks: tuple[int, ...],
+                          bits: int, radius: int = HAMMING_RADIUS) -> dict[str, jax.Array]:
+  """Per-query hashing statistics for a tile of queries.
+
+  dist: [T, N] int32 Hamming distances; relevant: [T, N] bool; ks: cut-offs (each <= N).
+  AP@K = sum_{r <= K} P(r) rel(r) / (relevant items in the top K), 0 when there are none (the
+  DCMH / DUCH evaluation code); P@K = relevant in the top K / K. Returns per-query arrays
+  ap@K, p@K [T] float32, radius_hits / radius_found [T] int32 (relevant / all items within
+  `radius`), and the per-radius counts found [T, bits+1], hits [T, bits+1] (items, relevant items
+  at distance <= r) and total relevant [T], from which precision-recall curves are drawn.
+  """
+  order = jnp.argsort(dist, axis=1, stable=True)
+  rel = jnp.take_along_axis(relevant, order, axis=1).astype(jnp.float32)  # [T, N] in rank order
+  cum = jnp.cumsum(rel, axis=1)
+  position = jnp.arange(1, dist.shape[1] + 1, dtype=jnp.float32)
+  precision_at = cum / position
+  out = {}
+  for k in ks:
+    hits = cum[:, k - 1]
+    out[f"ap@{k}"] = jnp.where(hits > 0, jnp.sum((precision_at * rel)[:, :k], 1)
+                               / jnp.maximum(hits, 1), 0.0)
+    out[f"p@{k}"] = hits / k
+  within = dist <= radius
+  out["radius_found"] = within.sum(1).astype(jnp.int32)
+  out["radius_hits"] = (within & relevant).sum(1).astype(jnp.int32)
+  by_distance = jax.vmap(lambda d, r: jnp.zeros(bits + 1, jnp.int32).at[d].add(r))
+  out["found"] = jnp.cumsum(by_distance(dist, jnp.ones_like(dist)), axis=1)
+  out["hits"] = jnp.cumsum(by_distance(dist, relevant.astype(jnp.int32)), axis=1)
+  out["relevant"] = relevant.sum(1).astype(jnp.int32)
+  return out
+
+
+def summarize_hashing(stats: dict[str, np.ndarray], ks: tuple[int, ...],
+                      names: tuple) -> dict:
+  """Per-query statistics (all queries) -> mAP@K, P@K, radius precision, PR curve (percent).
+
+  `names` gives the label of each cut-off in `ks` (e.g. 20, 100, 'all'). Precision within the
+  radius counts a query that finds nothing as 0. The PR curve has one point per radius r: the mean
+  over queries of precision (over queries that find something at r) and recall (over queries that
+  have a relevant item)."""
+  out = {}
+  for k, name in zip(ks, names, strict=True):
+    out[f"map@{name}"] = float(100.0 * np.mean(stats[f"ap@{k}"]))
+    out[f"p@{name}"] = float(100.0 * np.mean(stats[f"p@{k}"]))
+  found, hits = stats["radius_found"], stats["radius_hits"]
+  out[f"p_r{HAMMING_RADIUS}"] = float(100.0 * np.mean(
+      np.where(found > 0, hits / np.maximum(found, 1), 0.0)))
+  precision, recall = [], []
+  has_rel = stats["relevant"] > 0
+  for r in range(stats["found"].shape[1]):
+    f, h = stats["found"][:, r], stats["hits"][:, r]
+    precision.append(float(np.mean(h[f > 0] / f[f > 0])) if (f > 0).any() else 0.0)
+    recall.append(float(np.mean(h[has_rel] / stats["relevant"][has_rel])) if has_rel.any() else 0.0)
+  out["pr_curve"] = {"radius": list(range(len(precision))), "precision": precision,
+                     "recall": recall}
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot classification.
+
+
+def zero_shot_predictions(image_emb: jax.Array, class_emb: jax.Array) -> jax.Array:
+  """Unit-norm image [N, E] and class [C, E] embeddings -> predicted class [N] int32 (first
+  maximum on ties)."""
+  return jnp.argmax(image_emb @ class_emb.T, axis=1).astype(jnp.int32)
+
+
+def classification_metrics(pred: np.ndarray, labels: np.ndarray,
+                           class_names: list[str]) -> dict:
+  """Top-1 accuracy and per-class accuracy (percent)."""
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  per_class = {name: float(100.0 * np.mean(pred[labels == c] == c))
+               for c, name in enumerate(class_names) if (labels == c).any()}
+  return {"top1": float(100.0 * np.mean(pred == labels)) if labels.size else 0.0,
+          "mean_per_class": float(np.mean(list(per_class.values()))) if per_class else 0.0,
+          "per_class": per_class}

@@ -1,0 +1,97 @@
+"""Images for indexing and zero-shot evaluation: an image folder or an annotated data set.
+
+A path is read as
+- a data set folder with captions.jsonl (the ../shared/data layout): its `image` entries, in file
+  order, with their `label` where present;
+- any other folder: every image file below it, in sorted path order; for zero-shot, the first
+  level of folders are the classes (<root>/<class>/<image>, as rsjax.data.sources reads them).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from rsjax.data import decode, records, sources
+
+
+def _collect(reader) -> list[records.Record]:
+  out = []
+  for rec in reader:
+    if isinstance(rec, records.BadRecordError):
+      raise rec
+    out.append(rec)
+  return out
+
+
+def dataset_records(path: str, split: str | None = None) -> list[records.Record]:
+  """Records of a captions.jsonl data set or a class-folder tree, optionally one split only."""
+  if os.path.isfile(os.path.join(path, "captions.jsonl")):
+    recs = _collect(sources.read_source("captions_jsonl", path))
+  else:
+    recs = _collect(sources.read_source("image_folder", path))
+  if split:
+    recs = [r for r in recs if r.split == split]
+    if not recs:
+      raise ValueError(f"{path}: no images in split '{split}'")
+  return recs
+
+
+def list_images(path: str) -> list[str]:
+  """Absolute image paths of an archive: a captions.jsonl data set, a folder tree, or one file."""
+  path = os.path.abspath(path)
+  if os.path.isfile(path):
+    return [path]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no image folder or data set at {path}")
+  if os.path.isfile(os.path.join(path, "captions.jsonl")):
+    return [r.images[0] for r in dataset_records(path)]
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    found += [os.path.join(root, f) for f in sorted(files)
+              if f.lower().endswith(sources.IMAGE_EXTENSIONS)]
+  if not found:
+    raise FileNotFoundError(f"no image files ({', '.join(sources.IMAGE_EXTENSIONS)}) under {path}")
+  return found
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  """One file -> [size, size, 3] uint8; a corrupt file raises CorruptImageError naming it."""
+  return decode.decode_resized(decode.read_bytes(path), size, name=path)
+
+
+def batches(paths: list[str], size: int, batch: int) -> Iterator[np.ndarray]:
+  """Decoded images [b, size, size, 3] uint8, `batch` paths at a time."""
+  for start in range(0, len(paths), batch):
+    yield np.stack([load_image(p, size) for p in paths[start: start + batch]])
+
+
+def class_names_for(path: str, labels: list[str]) -> list[str]:
+  """Class order: the data set's classnames.txt where it has one, else sorted labels."""
+  listed = os.path.join(path, "classnames.txt")
+  if os.path.isfile(listed):
+    with open(listed, encoding="utf-8") as f:
+      names = [line.strip() for line in f if line.strip()]
+    missing = sorted(set(labels) - set(names))
+    if missing:
+      raise ValueError(f"{listed}: labels {missing} of the data set are not listed")
+    return names
+  return sorted(set(labels))
+
+
+def labelled_images(path: str, size: int, split: str | None = None,
+                    limit: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """(images [N, size, size, 3] uint8, labels [N] int32, class names) of a classification set."""
+  recs = [r for r in dataset_records(path, split) if r.label is not None]
+  if not recs:
+    raise ValueError(f"{path}: no labelled images (need 'label' in captions.jsonl or class folders)")
+  if limit:
+    recs = recs[:: max(1, len(recs) // limit)][:limit]  # spread over the classes
+  labels = [str(r.label) for r in recs]
+  names = class_names_for(path, labels)
+  index = {n: i for i, n in enumerate(names)}
+  images = np.stack([load_image(r.images[0], size) for r in recs])
+  return images, np.asarray([index[lbl] for lbl in labels], np.int32), names
