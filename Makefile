@@ -11,7 +11,7 @@ $(PY):
 
 # Stamp file: reinstall only when the dependency list changes.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -qq -e ".[test]"
+	$(PY) -m pip install -qq -e ".[test,bench]"
 	touch $@
 
 install: $(VENV)/.installed
