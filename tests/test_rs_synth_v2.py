@@ -284,7 +284,8 @@ def test_temporal_changes_true_to_pixels(subsets):
 
 def _greenness(image: np.ndarray, boxes) -> float:
   """Mean green minus red over the boxes."""
-  px = np.concatenate([image[y0:y1, x0:x1].reshape(-1, 3) for x0, y0, x1, y1 in boxes]).astype(float)
+  px = np.concatenate([image[y0:y1, x0:x1].reshape(-1, 3) for x0, y0, x1, y1 in boxes])
+  px = px.astype(np.float64)
   return float((px[:, 1] - px[:, 0]).mean())
 
 
@@ -298,8 +299,8 @@ def test_temporal_region_boxes(subsets):
       assert along == size and abs(across - size / 3) < 1e-3
     elif r["change"] != "none":
       row, col = divmod(grammar.POSITIONS.index(r["region"]), 3)
-      assert r["region_box"] == pytest.approx([col * size / 3, row * size / 3,
-                                               (col + 1) * size / 3, (row + 1) * size / 3], abs=1e-3)
+      cell = [col * size / 3, row * size / 3, (col + 1) * size / 3, (row + 1) * size / 3]
+      assert r["region_box"] == pytest.approx(cell, abs=1e-3)
     else:
       assert r["region"] is None and r["region_box"] is None
 

@@ -3,7 +3,10 @@
 A group is a dict {"cls", "count", "size", "position", "context", "color"} as produced by
 `rs_synth`; `context` says what the group was drawn on (it gives the relation phrase) and `color`
 is the uniform car colour / roof colour or None. Captions are lowercase words separated by single
-spaces, with no punctuation, and use only `VOCABULARY`.
+spaces, with no punctuation, and use only `VOCABULARY` (v1 splits: `VOCABULARY_V1`).
+
+The v2 challenge subsets add scene-level captions, "there are no ..." captions for small-object
+distractors and change captions for image pairs (end of this file).
 
 The five captions of an image go from fine to coarse and end with a paraphrase:
   1. detail      "two small planes beside a runway in the upper left"
@@ -316,7 +319,8 @@ def object_level_captions(groups: Sequence[dict], landcover: str,
 
 
 # Small objects: when the distractor image lost all of a small group, its caption says so.
-ABSENT_TEMPLATES = ("there are no {nouns} {rel} {pos} of {lc}", "no {nouns} can be seen {rel} {pos} of {lc}")
+ABSENT_TEMPLATES = ("there are no {nouns} {rel} {pos} of {lc}",
+                    "no {nouns} can be seen {rel} {pos} of {lc}")
 
 
 def absent_caption(group: dict, landcover: str, rng: np.random.Generator) -> str:
@@ -359,7 +363,8 @@ def change_captions(change: str, landcover: str, rng: np.random.Generator, *,
       text = t.format(dir=ROAD_DIRECTIONS[road["orientation"]],
                       pos=POSITION_PHRASES[road["position"]], lc=_lc(landcover, "of_the", rng))
     elif change != "none":
-      text = t.format(np=group_phrase(group, rng, size="canonical" if rng.random() < 0.5 else "none"),
+      size = "canonical" if rng.random() < 0.5 else "none"
+      text = t.format(np=group_phrase(group, rng, size=size),
                       was="was" if int(group["count"]) == 1 else "were",
                       pos=position_phrase(group), lc=_lc(landcover, "of_the", rng))
     else:

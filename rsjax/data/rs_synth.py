@@ -1,4 +1,4 @@
-"""RS-Synth v1: an embedded, procedurally generated remote-sensing image-caption data set.
+"""RS-Synth: an embedded, procedurally generated remote-sensing image-caption data set.
 
 Top-down scenes (uint8 RGB, square `image_size`) of one land cover (water, forest, farmland, bare
 soil, urban, grassland), optional road / river, and 1-2 object groups (plane, ship, car, storage
@@ -8,6 +8,18 @@ per image come from `captions_grammar`.
 
 Everything is a pure function of (spec.seed, split, index), so any subset renders identically and
 generation parallelizes trivially. `load_or_generate` caches the splits on disk.
+
+v2 keeps the v1 train/val/test splits byte for byte (their cache key stays "v1-<hash>") and adds
+three labelled challenge subsets (`ChallengeSpec`, `generate_challenge`,
+`load_or_generate_challenges`, cached under "v2-challenges-<hash>"), each example on its own
+random streams:
+  multiscale     v1 scenes, captions labelled "scene" (land cover, roads/rivers, kinds of
+                 objects) or "object" (one group's count, size and place);
+  small_objects  original/distractor pairs that differ only in one group of objects spanning at
+                 most SMALL_MAX_PX pixels (all or some removed); captions state each image's count;
+  temporal       before/after pairs: buildings added or removed in a grid cell, a road built
+                 across a third of the tile, or no change; both dates get their own illumination
+                 and sensor noise. Change captions, labels "changed" / "change" / "region_box".
 """
 
 from __future__ import annotations
@@ -697,20 +709,28 @@ def _scene(rng: np.random.Generator, water_seed: list[int], size: int) -> tuple[
                "river": river_cov is not None}
 
 
+def _on_river(position: str, river_cov: np.ndarray, size: int) -> bool:
+  rows, cols, _ = _box_coverage(size, _cell(position, size))
+  return bool(river_cov[rows, cols].max() > 0)
+
+
 def _on_water(group: dict, landcover: str, river_cov: np.ndarray | None, size: int) -> bool:
   """Whether the group's cell is water (then land objects get a pad, see _draw_context)."""
   if river_cov is not None and group["context"] == "none":  # keep tanks/buildings off the river
-    rows, cols, _ = _box_coverage(size, _cell(group["position"], size))
-    return bool(river_cov[rows, cols].max() > 0)
+    return _on_river(group["position"], river_cov, size)
   return landcover == "water"
 
 
+def _boxes(objs: list[dict]) -> list[list[int]]:
+  """Object boxes [x0, y0, x1, y1] rounded outwards to whole pixels."""
+  return [[int(math.floor(o["cx"] - o["hx"])), int(math.floor(o["cy"] - o["hy"])),
+           int(math.ceil(o["cx"] + o["hx"])), int(math.ceil(o["cy"] + o["hy"]))] for o in objs]
+
+
 def _describe_objects(group: dict, objs: list[dict]) -> None:
-  """Record what was drawn: object lengths and boxes rounded outwards (ints)."""
+  """Record what was drawn: object lengths and boxes."""
   group["pixel_sizes"] = [int(o["L"]) for o in objs]
-  group["boxes"] = [[int(math.floor(o["cx"] - o["hx"])), int(math.floor(o["cy"] - o["hy"])),
-                     int(math.ceil(o["cx"] + o["hx"])), int(math.ceil(o["cy"] + o["hy"]))]
-                    for o in objs]
+  group["boxes"] = _boxes(objs)
 
 
 def render_example(spec: SynthSpec, split: str, index: int) -> tuple[np.ndarray, dict]:
@@ -975,7 +995,9 @@ def render_small_objects(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, l
   img = BACKGROUNDS[landcover](rng, size)
   water = _water_source(img, landcover, seed + [1])
   road = bool(rng.random() < ROAD_PROB)
-  river_cov = _draw_river(img, rng, water) if landcover != "water" and rng.random() < RIVER_PROB else None
+  river_cov = None
+  if landcover != "water" and rng.random() < RIVER_PROB:
+    river_cov = _draw_river(img, rng, water)
   if road:
     _draw_road(img, rng)
   n_groups = 1 if rng.random() < 0.5 else 2   # the second group is bigger and in both images
@@ -1019,15 +1041,13 @@ def render_small_objects(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, l
                   grammar.count_caption(drawn[0], landcover, rng)]
     else:
       captions = _distinct(lambda: grammar.absent_caption(drawn[0], landcover, rng), 2)
-    hidden = [i for i in range(count) if i not in visible]
-    hidden_record = {"pixel_sizes": [], "boxes": []}
-    _describe_objects(hidden_record, [small[i] for i in hidden])
+    hidden = [small[i] for i in range(count) if i not in visible]
     # The same finishing stream for both: identical illumination and sensor noise.
     images.append(_finish(canvas, np.random.default_rng(seed + [2])))
     records.append({"subset": "small_objects", "index": 2 * int(index) + len(records),
                     "pair": int(index), "role": role, "distractor": kind, "captions": captions,
                     "landcover": landcover, "road": road, "river": river_cov is not None,
-                    "groups": drawn, "hidden_boxes": hidden_record["boxes"]})
+                    "groups": drawn, "hidden_boxes": _boxes(hidden)})
   return np.stack(images), records
 
 
@@ -1079,8 +1099,7 @@ def render_temporal(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, np.nda
     region = grammar.POSITIONS[region_cells[1]]
     road = {"orientation": orientation, "position": region}
   elif change != "none":
-    dry = [p for p in grammar.POSITIONS if not _on_water({"position": p, "context": "none"},
-                                                         landcover, river_cov, size)]
+    dry = [p for p in grammar.POSITIONS if river_cov is None or not _on_river(p, river_cov, size)]
     region = _choice(rng, tuple(dry or grammar.POSITIONS))
     region_cells = (grammar.POSITIONS.index(region),)
   # An unchanged group elsewhere, so that objects alone do not signal a change.
