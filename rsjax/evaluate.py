@@ -7,6 +7,7 @@ queries against all candidates on the devices and returns only the ranks.
 from __future__ import annotations
 
 import functools
+import os
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import jax
@@ -268,3 +269,45 @@ def evaluate_split_full(model, params, split: "EvalSplit", mesh: Mesh, batch_siz
   if with_gallery:
     out["gallery"] = gallery(img_emb, txt_emb, split)
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained models for eval / index / search.
+
+
+def checkpoint_dir(path: str) -> str:
+  """A workdir (with checkpoints/) or a checkpoints folder -> the checkpoints folder."""
+  inner = os.path.join(path, "checkpoints")
+  return inner if os.path.isdir(inner) else path
+
+
+def load_model(config, checkpoint: str, mesh: Mesh, step: int | None = None):
+  """(model, params, step) from the latest (or given) checkpoint under `checkpoint`."""
+  from rsjax.checkpoint import Checkpointer
+  from rsjax.train import create_model, make_optimizer, state_layout
+
+  ckpt = Checkpointer(checkpoint_dir(checkpoint))
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first")
+    model = create_model(config)
+    abstract, _ = state_layout(model, make_optimizer(config.train), config, mesh)
+    state = ckpt.restore(step, abstract)
+  finally:
+    ckpt.close()
+  return model, state.params, int(step)
+
+
+def tokenizer_path(checkpoint: str, given: str | None = None) -> str:
+  """The run's SentencePiece model: `given`, else tokenizer.model in the workdir."""
+  if given:
+    path = given
+  else:
+    base = os.path.abspath(checkpoint)
+    workdir = base if os.path.isdir(os.path.join(base, "checkpoints")) else os.path.dirname(base)
+    path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"tokenizer {path} not found; pass --tokenizer PATH (the "
+                            "tokenizer.model the model was trained with)")
+  return path

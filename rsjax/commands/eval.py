@@ -1,21 +1,103 @@
-"""`rsjax eval`: evaluate the latest checkpoint of a workdir."""
+"""`rsjax eval`: retrieval (per subset), hashing and zero-shot evaluation of a run's checkpoint.
+
+Writes WORKDIR/eval_full.json (and eval_full_step<N>.json) with every result, and
+WORKDIR/eval_gallery.npz (text queries with their top images) for `rsjax report`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 from rsjax.commands.common import add_config_args, load_config_or_exit
 
 
+def default_splits(config, available: list[str]) -> list[str]:
+  """The config's eval split first, then every extra subset (RS-Synth challenges); not val/train."""
+  main = config.eval.split
+  return [main] + [s for s in available if s not in (main, "val", "train")]
+
+
+def hashing_table(results: dict) -> str:
+  keys = ["map@20", "map@100", "map@all", "p@20", "p@100", "p_r2"]
+  lines = ["| split | relevance | direction | " + " | ".join(keys) + " |",
+           "|---" * (len(keys) + 3) + "|"]
+  for split, r in results.items():
+    for relevance in ("pairing", "label"):
+      for direction in ("i2t", "t2i"):
+        m = r.get("hashing", {}).get(relevance, {}).get(direction)
+        if m:
+          lines.append(f"| {split} | {relevance} | {direction} | "
+                       + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
+  return "\n".join(lines)
+
+
 def run(args) -> int:
   config = load_config_or_exit(args)
-  from rsjax.train import evaluate_workdir
+  import numpy as np
 
-  evaluate_workdir(config, os.path.abspath(args.workdir))
+  from rsjax import evaluate, parallel, search_inputs
+  from rsjax.data.datasets import load_retrieval_data
+  from rsjax.metric_writer import log
+
+  workdir = os.path.abspath(args.workdir)
+  mesh = parallel.make_mesh(config)
+  model, params, step = evaluate.load_model(config, args.checkpoint or workdir, mesh)
+  data = load_retrieval_data(config, workdir)
+  splits = args.splits.split(",") if args.splits else default_splits(config, list(data.eval_splits))
+  unknown = [s for s in splits if s not in data.eval_splits]
+  if unknown:
+    print(f"rsjax eval: unknown split(s) {unknown}; this data set has {sorted(data.eval_splits)}",
+          file=sys.stderr)
+    return 2
+  results = {"step": step, "splits": {}, "zero_shot": {}}
+  gallery = None
+  for i, name in enumerate(splits):
+    split = data.eval_splits[name]
+    labels = split.labels.get("scene")
+    image_labels = None
+    if labels is not None:  # per-caption scene labels -> per-image
+      image_labels = np.zeros(len(split.images), np.int64)
+      image_labels[split.text_to_image] = labels
+    out = evaluate.evaluate_split_full(model, params, split, mesh, config.eval.batch_size,
+                                       image_labels, with_gallery=(i == 0))
+    gallery = out.pop("gallery", gallery)
+    results["splits"][name] = out
+  log(f"retrieval at step {step} (percent):\n" + evaluate.format_table(
+      {name: r["retrieval"] for name, r in results["splits"].items()}))
+  if config.model.hashing.bits:
+    log(f"hashing, {config.model.hashing.bits} bits (percent):\n" + hashing_table(results["splits"]))
+  for path in args.zero_shot:
+    images, labels, names = search_inputs.labelled_images(
+        path, config.data.image_size, args.zero_shot_split, args.zero_shot_limit)
+    zs = evaluate.zero_shot(model, params, images, labels, names, data.tokenizer,
+                            config.model.text.context_length, mesh, config.eval.batch_size,
+                            tuple(args.template) if args.template else evaluate.DEFAULT_TEMPLATES)
+    results["zero_shot"][os.path.basename(os.path.normpath(path))] = zs
+    log(f"zero-shot {path} ({zs['num_images']} images, {zs['num_classes']} classes): "
+        f"top-1 {zs['top1']:.2f}%, mean per class {zs['mean_per_class']:.2f}%")
+  for name in (f"eval_full_step{step}.json", "eval_full.json"):
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(results, f, indent=1)
+  if gallery is not None:
+    np.savez_compressed(os.path.join(workdir, "eval_gallery.npz"), **gallery)
+  log(f"wrote {os.path.join(workdir, 'eval_full.json')}")
   return 0
 
 
 def register(sub) -> None:
-  p = sub.add_parser("eval", help="evaluate the latest checkpoint in WORKDIR")
+  p = sub.add_parser("eval", help="evaluate a checkpoint: recalls per subset, hashing, zero-shot")
   add_config_args(p)
+  p.add_argument("--checkpoint", default=None, help="checkpoints to evaluate (default: WORKDIR's)")
+  p.add_argument("--splits", default="",
+                 help="comma-separated eval splits (default: eval.split and every challenge subset)")
+  p.add_argument("--zero-shot", action="append", default=[], metavar="PATH",
+                 help="zero-shot classification on a class-folder tree or a labelled data set "
+                      "(e.g. ../shared/data/rsscn7); repeatable")
+  p.add_argument("--zero-shot-split", default=None, help="only this split of the zero-shot set")
+  p.add_argument("--zero-shot-limit", type=int, default=None, help="at most this many images")
+  p.add_argument("--template", action="append", default=[],
+                 help="prompt template with {} for the class name (repeatable; default: "
+                      "four RS templates)")
   p.set_defaults(run=run)

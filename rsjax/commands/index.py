@@ -1,0 +1,84 @@
+"""`rsjax index`: encode an image archive into a dense and a binary index (or append to one)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rsjax.commands.common import load_config_or_exit
+
+
+def run(args) -> int:
+  config = load_config_or_exit(args)
+  import jax
+  import numpy as np
+  from tqdm import tqdm
+
+  from rsjax import evaluate, index, parallel, search_inputs
+
+  try:
+    tokenizer = evaluate.tokenizer_path(args.checkpoint, args.tokenizer)
+    paths = search_inputs.list_images(args.images)
+    if args.append and not os.path.exists(os.path.join(args.out, "index.json")):
+      raise index.IndexFileError(f"--append: {args.out} holds no index yet")
+    if not args.append and os.path.exists(os.path.join(args.out, "index.json")):
+      raise index.IndexFileError(f"{args.out} already holds an index; pass --append to add to "
+                                 "it, or choose another --out")
+  except (FileNotFoundError, ValueError) as e:
+    print(f"rsjax index: {e}", file=sys.stderr)
+    return 2
+  mesh = parallel.make_mesh(config)
+  model, params, step = evaluate.load_model(config, args.checkpoint, mesh)
+  if args.append:  # refuse a mismatched model before encoding anything
+    try:
+      index._check_identity(index.read_meta(args.out), index.model_identity(
+          config, evaluate.checkpoint_dir(args.checkpoint), step, params, tokenizer), args.out)
+    except index.IndexFileError as e:
+      print(f"rsjax index: {e}", file=sys.stderr)
+      return 2
+  enc_img, _ = evaluate.encoders(model)
+  hash_img = evaluate.hash_encoders(model)[0] if config.model.hashing.bits else None
+  size = config.data.image_size
+  dense, codes = [], []
+  with jax.set_mesh(mesh), tqdm(total=len(paths), unit="img", desc="index",
+                                disable=args.quiet) as bar:
+    for batch in search_inputs.batches(paths, size, args.batch_size):
+      dense.append(evaluate.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
+      if hash_img is not None:
+        codes.append(evaluate.encode_in_batches(hash_img, params, batch, args.batch_size,
+                                                mesh).astype(np.uint8))
+      bar.update(len(batch))
+  identity = index.model_identity(config, evaluate.checkpoint_dir(args.checkpoint), step, params,
+                                  tokenizer)
+  try:
+    meta = index.write_chunk(args.out, identity, paths, np.concatenate(dense),
+                             np.concatenate(codes) if codes else None, args.dtype,
+                             append=args.append)
+  except index.IndexFileError as e:
+    print(f"rsjax index: {e}", file=sys.stderr)
+    return 2
+  total = sum(c["rows"] for c in meta["chunks"])
+  print(f"index {args.out}: {len(paths)} images added, {total} in {len(meta['chunks'])} chunk(s); "
+        f"dense {meta['dense_dtype']} x {meta['dim']}, "
+        f"{'%d-bit codes' % meta['bits'] if meta['bits'] else 'no binary codes'}; "
+        f"model step {step}")
+  return 0
+
+
+def register(sub) -> None:
+  p = sub.add_parser("index", help="encode an image folder or data set into a search index")
+  p.add_argument("--config", required=True, help="the model's config, configs/NAME.py[:arg]")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config value (repeatable)")
+  p.add_argument("--checkpoint", required=True, help="a run's workdir or its checkpoints folder")
+  p.add_argument("--images", required=True,
+                 help="a folder of images (searched recursively) or a data set with captions.jsonl")
+  p.add_argument("--out", required=True, help="the index folder to create (or to append to)")
+  p.add_argument("--append", action="store_true", help="add the images to an existing index")
+  p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                 help="storage of the dense vectors (default float16)")
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--tokenizer", default=None,
+                 help="tokenizer.model for queries (default: the one in the run's workdir)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(run=run)

@@ -1,0 +1,24 @@
+"""`rsjax report WORKDIR`: markdown and self-contained HTML report of a run."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run(args) -> int:
+  from rsjax import report
+
+  try:
+    out = report.build(args.workdir, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"rsjax report: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {out['markdown']} and {out['html']} ({out['images']} images)")
+  return 0
+
+
+def register(sub) -> None:
+  p = sub.add_parser("report", help="markdown + HTML report (plots, recalls, gallery) of a run")
+  p.add_argument("workdir", help="the run directory")
+  p.add_argument("--out", default=None, help="output folder (default WORKDIR/report)")
+  p.set_defaults(run=run)

@@ -1,0 +1,84 @@
+"""`rsjax search INDEX "query text"`: the top-k images of an index for a text query."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def run(args) -> int:
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from rsjax import evaluate, index, parallel, search
+  from rsjax.data.tokenizers import SentencePieceTokenizer
+
+  if args.k < 1 or args.rerank < 0:
+    print("rsjax search: --k must be >= 1 and --rerank >= 0", file=sys.stderr)
+    return 2
+  try:
+    idx = index.load(args.index, verify=not args.no_verify)
+    meta = idx.meta["model"]
+    if args.binary and idx.codes is None:
+      raise index.IndexFileError(f"index {args.index} has no binary codes (built with a model "
+                                 "without a hashing head); drop --binary")
+    if meta["tokenizer_digest"] != index.file_digest(meta["tokenizer"]):
+      raise index.IndexFileError(f"tokenizer {meta['tokenizer']} changed since the index was built")
+  except (index.IndexFileError, FileNotFoundError) as e:
+    print(f"rsjax search: {e}", file=sys.stderr)
+    return 2
+  config = ml_collections.ConfigDict(meta["config"])
+  mesh = parallel.make_mesh(config)
+  model, params, step = evaluate.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
+  if index.params_digest(params) != meta["params_digest"]:
+    print(f"rsjax search: checkpoint {meta['checkpoint']} step {step} no longer holds the "
+          "parameters this index was built with; rebuild the index", file=sys.stderr)
+    return 2
+  tokens = SentencePieceTokenizer(meta["tokenizer"]).encode(args.query,
+                                                            config.model.text.context_length)
+  _, enc_txt = evaluate.encoders(model)
+  with jax.set_mesh(mesh):
+    q_dense = evaluate.encode_in_batches(enc_txt, params, tokens, len(tokens), mesh)
+    q_codes = None
+    if args.binary:
+      q_codes = evaluate.encode_in_batches(evaluate.hash_encoders(model)[1], params, tokens,
+                                           len(tokens), mesh).astype(np.uint8)
+  sharded = None
+  if args.sharded or (args.sharded is None and jax.default_backend() != "cpu"):
+    sharded = search.ShardedSearch(search.rows_mesh(), dense=idx.dense if not args.binary else None,
+                                   words=idx.words if args.binary else None, bits=idx.bits or None)
+  scores, rows = idx.search(q_dense, q_codes, k=args.k, binary=args.binary,
+                            rerank=args.rerank if args.binary else 0, sharded=sharded)
+  label = "hamming" if args.binary and not args.rerank else "score"
+  results = []
+  for qi, text in enumerate(args.query):
+    hits = [{"rank": r + 1, label: float(scores[qi, r]), "path": idx.paths[rows[qi, r]]}
+            for r in range(args.k) if rows[qi, r] >= 0]
+    results.append({"query": text, "results": hits})
+  if args.json:
+    print(json.dumps(results if len(results) > 1 else results[0], indent=1))
+  else:
+    for res in results:
+      print(f"# {res['query']}")
+      for h in res["results"]:
+        value = f"{h[label]:.0f}" if label == "hamming" else f"{h[label]:.4f}"
+        print(f"{h['rank']:>4}  {value:>8}  {h['path']}")
+  return 0
+
+
+def register(sub) -> None:
+  p = sub.add_parser("search", help="search an index by text")
+  p.add_argument("index", help="an index folder made by `rsjax index`")
+  p.add_argument("query", nargs="+", help="query text (several: one search each)")
+  p.add_argument("--k", type=int, default=20, help="how many results (default 20)")
+  p.add_argument("--binary", action="store_true",
+                 help="Hamming ranking of the hash codes (popcount over 64-bit words)")
+  p.add_argument("--rerank", type=int, default=0, metavar="N",
+                 help="with --binary: re-rank the N nearest codes by dense score")
+  p.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=None,
+                 help="split the index rows across the devices (default: on accelerators)")
+  p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  p.add_argument("--no-verify", action="store_true", help="skip the CRC-32 check of the files")
+  p.set_defaults(run=run)

@@ -1,0 +1,269 @@
+"""Reports from a run's files: markdown plus one self-contained HTML page with PNG plots.
+
+Reads WORKDIR/metrics.jsonl (training curves), eval.json / step0_eval.json (the trainer's recall
+table), eval_full.json (`rsjax eval`: per-subset recalls, hashing with PR curves, zero-shot) and
+eval_gallery.npz (text queries and their top images). Writes WORKDIR/report/report.md with the PNGs
+beside it and WORKDIR/report/report.html with every image inlined as base64 PNG.
+
+The HTML carries a small script that sets data-images-loaded on <body> to the number of images
+once every <img> has decoded (naturalWidth > 0): a headless browser test reads it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+
+import numpy as np
+
+RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+HASH_KEYS = ("map@20", "map@100", "map@all", "p@20", "p@100", "p_r2")
+
+
+def _read_json(path: str):
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_metrics(path: str) -> list[dict]:
+  """metrics.jsonl rows; a line that is not JSON is reported with its number."""
+  rows = []
+  if not os.path.isfile(path):
+    return rows
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+  return rows
+
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+  import matplotlib.pyplot as plt
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # no display: files only
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def training_curves(rows: list[dict]) -> bytes | None:
+  """Loss (and learning rate) against step; validation mR where it was logged."""
+  train = [r for r in rows if "loss" in r]
+  val = [r for r in rows if "val_mR" in r]
+  if not train and not val:
+    return None
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 6, 3.5), squeeze=False)
+  ax = axes[0, 0]
+  if train:
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if all("lr" in r for r in train):
+      lr_ax = ax.twinx()
+      lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:gray",
+                 linestyle="--", label="learning rate")
+      lr_ax.set_ylabel("learning rate")
+    ax.set_title("training loss")
+  if val:
+    ax = axes[0, 1]
+    ax.plot([r["step"] for r in val], [r["val_mR"] for r in val], marker="o", color="tab:green")
+    ax.set_xlabel("step")
+    ax.set_ylabel("val mR (%)")
+    ax.set_title("validation mR")
+  return _png(fig)
+
+
+def pr_curves(curves: dict[str, dict]) -> bytes | None:
+  """{label: {'precision': [...], 'recall': [...]}} -> one precision-recall plot."""
+  if not curves:
+    return None
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for label, c in curves.items():
+    ax.plot(c["recall"], c["precision"], marker=".", label=label)
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.set_title("Hamming ranking: precision-recall by radius")
+  ax.legend(fontsize=8)
+  return _png(fig)
+
+
+def thumbnail(image: np.ndarray, hit: bool | None = None, size: int = 96) -> bytes:
+  """[H, W, 3] uint8 -> PNG bytes, enlarged to `size`, framed green (hit) or red (miss)."""
+  from PIL import Image, ImageOps
+
+  img = Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.NEAREST)
+  if hit is not None:
+    img = ImageOps.expand(img, border=4, fill=(30, 160, 60) if hit else (200, 40, 40))
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+  head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def collect(workdir: str) -> dict:
+  """Everything the report shows, read from the run's files."""
+  gallery_path = os.path.join(workdir, "eval_gallery.npz")
+  gallery = None
+  if os.path.isfile(gallery_path):
+    with np.load(gallery_path, allow_pickle=False) as z:
+      gallery = {k: z[k] for k in z.files}
+  return {"metrics": read_metrics(os.path.join(workdir, "metrics.jsonl")),
+          "eval": _read_json(os.path.join(workdir, "eval.json")),
+          "full": _read_json(os.path.join(workdir, "eval_full.json")),
+          "gallery": gallery}
+
+
+def recall_rows(data: dict) -> list[list[str]]:
+  rows = []
+  ev = data["eval"]
+  if ev:
+    if "step0" in ev:
+      rows.append(["step 0 (untrained)", "trainer eval"] + [f"{ev['step0'][k]:.2f}" for k in RECALL_KEYS])
+    rows.append([f"step {ev.get('step', '?')}", "trainer eval"] + [f"{ev[k]:.2f}" for k in RECALL_KEYS])
+  full = data["full"]
+  if full:
+    for name, r in full["splits"].items():
+      rows.append([f"step {full['step']}", name] + [f"{r['retrieval'][k]:.2f}" for k in RECALL_KEYS])
+  return rows
+
+
+def hashing_rows(full: dict | None) -> tuple[list[list[str]], dict]:
+  rows, curves = [], {}
+  if not full:
+    return rows, curves
+  for name, r in full["splits"].items():
+    for relevance in ("pairing", "label"):
+      for direction in ("i2t", "t2i"):
+        m = r.get("hashing", {}).get(relevance, {}).get(direction)
+        if m:
+          rows.append([name, relevance, direction] + [f"{m[k]:.2f}" for k in HASH_KEYS])
+          curves[f"{name} {relevance} {direction}"] = m["pr_curve"]
+  return rows, curves
+
+
+def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
+  """Writes report.md (+ PNGs) and report.html; returns their paths."""
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no run directory {workdir}")
+  data = collect(workdir)
+  if not (data["metrics"] or data["eval"] or data["full"]):
+    raise FileNotFoundError(f"{workdir} has none of metrics.jsonl, eval.json, eval_full.json: "
+                            "train or evaluate first")
+  out_dir = out_dir or os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  images: dict[str, bytes] = {}  # file name -> PNG
+  md = [f"# rsjax report: {os.path.basename(workdir)}", ""]
+  parts = [f"<h1>rsjax report: {html.escape(os.path.basename(workdir))}</h1>"]
+
+  def figure(name: str, png: bytes | None, title: str):
+    if png is None:
+      return
+    images[name] = png
+    md.extend([f"## {title}", "", f"![{title}]({name})", ""])
+    parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;"
+                 f"base64,{base64.b64encode(png).decode()}'>")
+
+  figure("training_curves.png", training_curves(data["metrics"]), "Training curves")
+
+  rows = recall_rows(data)
+  if rows:
+    header = ["model", "split"] + list(RECALL_KEYS)
+    md.extend(["## Retrieval (percent)", "", _table(header, rows), ""])
+    parts.append("<h2>Retrieval (percent)</h2>" + _html_table(header, rows))
+
+  h_rows, curves = hashing_rows(data["full"])
+  if h_rows:
+    header = ["split", "relevance", "direction"] + list(HASH_KEYS)
+    md.extend(["## Hashing: Hamming ranking (percent)", "", _table(header, h_rows), ""])
+    parts.append("<h2>Hashing: Hamming ranking (percent)</h2>" + _html_table(header, h_rows))
+  figure("pr_curves.png", pr_curves(curves), "Precision-recall curves")
+
+  zs = (data["full"] or {}).get("zero_shot", {})
+  if zs:
+    header = ["data set", "images", "classes", "top-1", "mean per class"]
+    z_rows = [[n, str(z["num_images"]), str(z["num_classes"]), f"{z['top1']:.2f}",
+               f"{z['mean_per_class']:.2f}"] for n, z in zs.items()]
+    md.extend(["## Zero-shot classification (percent)", "", _table(header, z_rows), ""])
+    parts.append("<h2>Zero-shot classification (percent)</h2>" + _html_table(header, z_rows))
+
+  g = data["gallery"]
+  if g is not None:
+    md.extend(["## Retrieval gallery", "", "Text query -> top images (green frame: the query's own "
+               "image, red: another image).", ""])
+    parts.append("<h2>Retrieval gallery</h2><p>Text query &rarr; top images (green frame: the "
+                 "query's own image, red: another image).</p>")
+    for qi, caption in enumerate(g["captions"]):
+      cells_md, cells_html = [], []
+      for j in range(g["images"].shape[1]):
+        hit = bool(g["hit"][qi, j])
+        name = f"gallery_{qi}_{j}.png"
+        png = thumbnail(g["images"][qi, j], hit)
+        images[name] = png
+        cells_md.append(f"![{'hit' if hit else 'miss'}]({name})")
+        cells_html.append(f"<figure><img alt='{'hit' if hit else 'miss'}' src='data:image/png;"
+                          f"base64,{base64.b64encode(png).decode()}'><figcaption>"
+                          f"{g['scores'][qi, j]:.3f}</figcaption></figure>")
+      md.extend([f"**{caption}**", "", " ".join(cells_md), ""])
+      parts.append(f"<div class='query'><p><b>{html.escape(str(caption))}</b></p>"
+                   f"<div class='row'>{''.join(cells_html)}</div></div>")
+
+  for name, png in images.items():
+    with open(os.path.join(out_dir, name), "wb") as f:
+      f.write(png)
+  md_path = os.path.join(out_dir, "report.md")
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(md))
+  html_path = os.path.join(out_dir, "report.html")
+  with open(html_path, "w", encoding="utf-8") as f:
+    f.write(_page(os.path.basename(workdir), "\n".join(parts)))
+  return {"markdown": md_path, "html": html_path, "images": str(len(images))}
+
+
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f3f3f3}.row{display:flex;gap:8px;flex-wrap:wrap}
+figure{margin:0;text-align:center;font-size:12px}img{max-width:100%}"""
+
+# Marks the page once every image has decoded; a headless browser reads the attribute back.
+_SCRIPT = """function rsjaxCheckImages(){
+  var imgs=document.images, ok=0;
+  for(var i=0;i<imgs.length;i++){if(imgs[i].complete&&imgs[i].naturalWidth>0){ok++;}}
+  if(ok===imgs.length){document.body.setAttribute('data-images-loaded', String(ok));}
+  else{setTimeout(rsjaxCheckImages, 20);}
+}
+window.addEventListener('load', rsjaxCheckImages);"""
+
+
+def _page(title: str, body: str) -> str:
+  return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+          f"<title>rsjax report: {html.escape(title)}</title><style>{_STYLE}</style>"
+          f"<script>{_SCRIPT}</script></head>\n<body>\n{body}\n</body></html>\n")
