@@ -26,7 +26,10 @@ class TextTransformer(nn.Module):
   embed_dim: int
   causal: bool = True
   # "eot" (CLIP layout: the end-of-text token), "cls" (a learned token prepended; use with
-  # causal=False) or "mean" over real tokens (learns fastest from scratch).
+  # causal=False) or "mean" over real tokens (learns fastest from scratch). "argmax" pools the
+  # position of the largest id, as OpenAI CLIP / open_clip do: with CLIP's BPE the end-of-text id
+  # is the largest, and id 0 is also the symbol '!', so no key is masked as padding (causal
+  # attention alone keeps the padding after end-of-text out of the pooled token).
   pool: str = "eot"
   mlp_ratio: float = 4.0
   activation: str = "gelu"
@@ -47,6 +50,10 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width), self.param_dtype)
     x = jnp.take(embed, ids, axis=0).astype(self.dtype) + pos[:length].astype(self.dtype)
     valid = ids != PAD_ID  # [B, L]
+    if self.pool == "argmax":
+      if not self.causal:
+        raise ValueError("text pool 'argmax' needs causal=True: it leaves padding keys unmasked")
+      valid = jnp.ones_like(valid)
     if self.pool == "cls":
       if self.causal:
         raise ValueError("text pool 'cls' needs causal=False: a causal first token sees nothing")
@@ -68,10 +75,12 @@ class TextTransformer(nn.Module):
     elif self.pool == "eot":
       last = jnp.maximum(valid.sum(-1) - 1, 0)  # index of the end-of-text token
       pooled = x[jnp.arange(batch), last]
+    elif self.pool == "argmax":
+      pooled = x[jnp.arange(batch), jnp.argmax(ids, axis=-1)]
     elif self.pool == "mean":
       weights = valid.astype(x.dtype)[..., None]
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     else:
-      raise ValueError(f"unknown text pooling '{self.pool}' (use 'eot' or 'mean')")
+      raise ValueError(f"unknown text pooling '{self.pool}' (use 'eot', 'argmax', 'cls' or 'mean')")
     embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
     return {"embedding": embedding, "tokens": x}

@@ -41,7 +41,7 @@ class TwoTower(nn.Module):
     self.image = VisionTransformer(
         width=c.image.width, depth=c.image.depth, heads=c.image.heads,
         patch_size=c.image.patch_size, embed_dim=c.embed_dim, mlp_ratio=c.image.mlp_ratio,
-        stem=c.image.stem, pool=c.image.pool,
+        stem=c.image.stem, pool=c.image.pool, input_norm=c.image.get("input_norm", "none"),
         pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
         pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool, **kw)
     self.text = TextTransformer(

@@ -21,6 +21,10 @@ from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
 from rsjax.models.pyramid import FeaturePyramid
 
+# OpenAI CLIP's per-channel RGB statistics on [0, 1] pixels (also open_clip's OPENAI_DATASET_*).
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
 # CLIP-shaped sizes: name -> (width, depth, heads).
 VIT_SIZES = {
     "Ti": (192, 12, 3),
@@ -48,6 +52,9 @@ class VisionTransformer(nn.Module):
   pyramid_levels: tuple[tuple[int, int], ...] = ()  # ((tap_layer, stride), ...); () = no pyramid
   pyramid_channels: int = 256
   pyramid_pool: str = "attention"
+  # What the [-1, 1] input images are mapped to first: "none" keeps them; "clip" applies CLIP's
+  # per-channel mean/std normalization (OpenAI's constants), which converted CLIP weights expect.
+  input_norm: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -78,6 +85,10 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict:
+    if self.input_norm == "clip":
+      images = (images.astype(jnp.float32) * 0.5 + 0.5 - CLIP_MEAN) / CLIP_STD
+    elif self.input_norm != "none":
+      raise ValueError(f"unknown image input_norm '{self.input_norm}' (use 'none' or 'clip')")
     x = self._embed_patches(images.astype(self.dtype))
     batch, gh, gw, _ = x.shape
     x = x.reshape(batch, gh * gw, self.width)
