@@ -62,7 +62,7 @@ def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
                                           bands, max_value))
     except records.BadRecordError as e:
       if not data.get("skip_bad_records", False):
-        raise type(e)(f"{r.where}: {e}") from None
+        raise type(e)(f"{r.where} [{r.key}]: {e}") from None
       bad.add(r.where, e)
       continue
     kept.append(r)

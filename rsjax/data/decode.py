@@ -1,7 +1,8 @@
 """Image decoding: JPEG, PNG, TIFF (8/16-bit, multi-band GeoTIFF) -> numpy [H, W, C].
 
 PIL decodes JPEG and PNG; tifffile decodes TIFF, which keeps 16-bit samples and any number of bands
-(PIL cannot). Grayscale becomes 3 channels; an alpha band is dropped. `bands` picks channels
+(PIL cannot). Grayscale becomes 3 channels; an alpha band (PNG RGBA, TIFF extra sample marked
+alpha) is dropped. `bands` picks channels
 (e.g. (3, 2, 1) for Sentinel-2 RGB); `bands=None` keeps RGB for 3/4-band images and every band of
 multispectral ones. Errors name the file.
 
@@ -46,8 +47,9 @@ def _channels_last(array: np.ndarray, name: str) -> np.ndarray:
   raise CorruptImageError(f"{name}: unexpected TIFF array shape {array.shape}")
 
 
-def _select_bands(array: np.ndarray, bands: Sequence[int] | None, name: str) -> np.ndarray:
-  """[H, W, C] -> the chosen bands; grayscale -> 3 channels; RGBA -> RGB."""
+def _select_bands(array: np.ndarray, bands: Sequence[int] | None, name: str,
+                  has_alpha: bool) -> np.ndarray:
+  """[H, W, C] -> the chosen bands; grayscale -> 3 channels; an alpha band dropped."""
   channels = array.shape[-1]
   if bands is not None:
     bad = [b for b in bands if not 0 <= b < channels]
@@ -56,9 +58,20 @@ def _select_bands(array: np.ndarray, bands: Sequence[int] | None, name: str) -> 
     return array[:, :, list(bands)]
   if channels == 1:
     return np.repeat(array, 3, axis=-1)
-  if channels in (2, 4):  # gray+alpha or RGB+alpha: drop alpha
+  if has_alpha and channels in (2, 4):  # gray+alpha or RGB+alpha
     return np.repeat(array[:, :, :1], 3, axis=-1) if channels == 2 else array[:, :, :3]
   return array
+
+
+def _read_tiff(data: bytes, name: str) -> tuple[np.ndarray, bool]:
+  """-> ([H, W, C], whether the last band is alpha). A 4-band GeoTIFF is RGB+NIR unless its
+  extra sample is marked as alpha."""
+  import tifffile
+  with tifffile.TiffFile(io.BytesIO(data)) as tif:
+    page = tif.pages[0]
+    array = _channels_last(page.asarray(), name)
+    alpha = any(int(e) in (1, 2) for e in (page.extrasamples or ()))  # (un)associated alpha
+  return array, alpha
 
 
 def _pil_array(image: Image.Image) -> np.ndarray:
@@ -73,18 +86,18 @@ def decode(data: bytes, name: str = "<bytes>", bands: Sequence[int] | None = Non
   """Encoded image bytes -> [H, W, C] array in the file's own dtype (uint8, uint16, ...)."""
   try:
     if _is_tiff(data):
-      import tifffile
-      array = _channels_last(tifffile.imread(io.BytesIO(data)), name)
+      array, alpha = _read_tiff(data, name)
     else:
       with Image.open(io.BytesIO(data)) as image:
         image.load()
+        alpha = image.mode in ("RGBA", "LA")
         array = _pil_array(image)
       array = array[:, :, None] if array.ndim == 2 else array
   except CorruptImageError:
     raise
   except Exception as e:  # PIL / tifffile raise many kinds on truncated or foreign data
     raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
-  return _select_bands(array, bands, name)
+  return _select_bands(array, bands, name, alpha)
 
 
 def decode_file(path: str, bands: Sequence[int] | None = None) -> np.ndarray:

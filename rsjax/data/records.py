@@ -60,7 +60,7 @@ def check_record(record: Record, require_captions: bool = True, check_files: boo
   """The record with blank captions dropped, or the matching BadRecordError if it cannot be used.
 
   Blank strings are dropped rather than rejected: the official RSICD annotation has three."""
-  at = record.where or record.key
+  at = f"{record.where} [{record.key}]" if record.where else record.key
   if record.split not in SPLITS:
     raise UnknownSplitError(f"{at}: unknown split {record.split!r} (expected one of {SPLITS})")
   for i, caption in enumerate(record.captions):

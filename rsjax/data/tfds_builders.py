@@ -151,7 +151,7 @@ class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for p in r.images:
           decode.decode_file(p)
       except records.BadRecordError as e:
-        e = type(e)(f"{r.where}: {e}")
+        e = type(e)(f"{r.where} [{r.key}]: {e}")
         if not self._skip_bad:
           raise e from None
         bad.add(r.where, e)
