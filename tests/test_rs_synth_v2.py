@@ -337,3 +337,16 @@ def test_load_rs_synth_challenges(tmp_path):
   assert pairs.changed.dtype == bool and pairs.changed.tolist() == [
       c != "none" for c in pairs.change]
   assert pairs.captions[0] == pairs.records[0]["captions"][0]
+
+
+def test_bad_arguments_named():
+  with pytest.raises(ValueError, match="image_size"):
+    rs_synth.ChallengeSpec(image_size=8)
+  with pytest.raises(ValueError, match="num_examples"):
+    rs_synth.ChallengeSpec(num_examples=-1)
+  with pytest.raises(ValueError, match="unknown RS-Synth challenge subset 'temporals'"):
+    rs_synth.generate_challenge(SPEC, "temporals")
+  with pytest.raises(ValueError, match="unknown change type"):
+    grammar.change_captions("flooded", "urban", np.random.default_rng(0))
+  with pytest.raises(ValueError, match="caption_labels"):
+    rs_synth.caption_labels([{"subset": "temporal"}])
