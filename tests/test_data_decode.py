@@ -83,6 +83,7 @@ def test_flips_and_rotations_move_position_words_with_the_pixels(flip, turns):
   image[:3, :3] = 255
   t = augment.Dihedral(flip, turns)
   moved = t.apply_image(image)
+  np.testing.assert_array_equal(np.asarray(t.apply_pil(Image.fromarray(image))), moved)
   rows, cols = np.nonzero(moved[..., 0])
   where = ("upper" if rows.mean() < 4 else "lower") + " " + ("left" if cols.mean() < 4 else "right")
   caption = augment.rewrite_caption("A white roof in the upper left corner", t)

@@ -58,6 +58,12 @@ class Dihedral:
     return np.ascontiguousarray(np.rot90(out, self.turns)) if self.turns else \
         np.ascontiguousarray(out)
 
+  def apply_pil(self, image: Image.Image) -> Image.Image:
+    out = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.flip else image
+    turn = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180,
+            3: Image.Transpose.ROTATE_270}.get(self.turns % 4)
+    return out.transpose(turn) if turn is not None else out  # PIL's ROTATE_90 is counter-clockwise
+
   def apply_vector(self, x: int, y: int) -> tuple[int, int]:
     if self.flip:
       x = -x
@@ -115,27 +121,31 @@ def random_dihedral(rng: np.random.Generator) -> Dihedral:
   return Dihedral(flip=bool(rng.integers(2)), turns=int(rng.integers(4)))
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale: tuple[float, float] = (0.5, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-  """A random crop covering `scale` of the area with aspect in `ratio`, resized to size x size.
-
-  [H, W, C] uint8 -> [size, size, C] uint8."""
-  h, w = image.shape[:2]
-  area = h * w
+def random_box(height: int, width: int, rng: np.random.Generator,
+               scale: tuple[float, float] = (0.5, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+  """(left, top, right, bottom) of a random crop covering `scale` of the area, aspect in `ratio`
+  (Inception-style; after 10 misses, the central square)."""
+  area = height * width
   for _ in range(10):
     target = area * rng.uniform(*scale)
     aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
     cw = int(round(np.sqrt(target * aspect)))
     ch = int(round(np.sqrt(target / aspect)))
-    if 0 < cw <= w and 0 < ch <= h:
-      top = int(rng.integers(h - ch + 1))
-      left = int(rng.integers(w - cw + 1))
-      break
-  else:  # fall back to the central square
-    ch = cw = min(h, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-  return resize_box(image, (left, top, left + cw, top + ch), size)
+    if 0 < cw <= width and 0 < ch <= height:
+      top = int(rng.integers(height - ch + 1))
+      left = int(rng.integers(width - cw + 1))
+      return left, top, left + cw, top + ch
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  return left, top, left + side, top + side
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.5, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+  """[H, W, C] uint8 -> [size, size, C] uint8: a random_box crop resized to size x size."""
+  return resize_box(image, random_box(image.shape[0], image.shape[1], rng, scale, ratio), size)
 
 
 def resize_box(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -170,18 +180,30 @@ class AugmentConfig:
   color_jitter: float = 0.0                      # 0: off
 
 
-def augment_pair(image: np.ndarray, caption: str, size: int, rng: np.random.Generator,
-                 config: AugmentConfig) -> tuple[np.ndarray, str]:
-  """One image and its sampled caption -> ([size, size, C] uint8, caption rewritten to match)."""
+def augment_pair(image: np.ndarray | Image.Image, caption: str, size: int,
+                 rng: np.random.Generator, config: AugmentConfig) -> tuple[np.ndarray, str]:
+  """One image and its sampled caption -> ([size, size, C] uint8, caption rewritten to match).
+
+  `image` is a [H, W, C] array or an RGB PIL image; a PIL image is cropped, resized and turned
+  without leaving PIL (one copy less, the fast path for JPEG / PNG)."""
+  pil = isinstance(image, Image.Image)
+  width, height = image.size if pil else (image.shape[1], image.shape[0])
   if config.crop_scale[0] < 1.0:
-    image = random_resized_crop(image, size, rng, config.crop_scale)
-  elif image.shape[0] != size or image.shape[1] != size:
-    image = resize_box(image, (0, 0, image.shape[1], image.shape[0]), size)
+    box = random_box(height, width, rng, config.crop_scale)
+  else:
+    box = (0, 0, width, height)
+  if pil:
+    image = image.resize((size, size), Image.BILINEAR, box=box)
+  elif box != (0, 0, size, size):
+    image = resize_box(image, box, size)
   if config.dihedral:
     transform = random_dihedral(rng)
     rewritten = rewrite_caption(caption, transform)
     if rewritten is not None:
-      image, caption = transform.apply_image(image), rewritten
+      image = transform.apply_pil(image) if pil else transform.apply_image(image)
+      caption = rewritten
+  if pil:
+    image = np.asarray(image)
   if config.color_jitter > 0:
     image = color_jitter(image, rng, config.color_jitter)
   return image, caption

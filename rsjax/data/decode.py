@@ -143,6 +143,22 @@ def decode_resized(data: bytes, size: int, name: str = "<bytes>",
   return resize(to_uint8(decode(data, name, bands), max_value), size)
 
 
+def open_rgb(data: bytes, name: str = "<bytes>", draft_size: int = 0) -> Image.Image | None:
+  """A decoded RGB PIL image for JPEG / PNG / ... bytes; None for TIFF (decoded by `decode`).
+
+  draft_size > 0 lets a JPEG decode at reduced scale, never below draft_size per side."""
+  if _is_tiff(data):
+    return None
+  try:
+    image = Image.open(io.BytesIO(data))
+    if draft_size:
+      image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    return image.convert("RGB") if image.mode != "RGB" else image
+  except Exception as e:
+    raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
   """Per-data-set, per-channel mean and std of uint8 pixel values, used as (x - mean) / std."""

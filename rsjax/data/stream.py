@@ -73,11 +73,12 @@ class DecodeAugment(grain.transforms.RandomMap):
       raise records.EmptyCaptionsError(f"record {_text(record.get('key', '?'))!r} has no captions")
     caption = captions[int(rng.integers(len(captions)))]
     name = _text(record.get("key", "<record>"))
-    crop = s.augment.crop_scale[0] < 1.0
-    if crop:  # decode at full size, then one crop+resize
+    image = None
+    if s.bands is None:  # JPEG / PNG stay in PIL through crop, resize and turns
+      crop = s.augment.crop_scale[0] < 1.0  # without a crop, JPEG may decode at reduced scale
+      image = decode.open_rgb(record["image"], name, 0 if crop else s.image_size)
+    if image is None:  # TIFF (any bit depth, any bands) or a band choice
       image = decode.to_uint8(decode.decode(record["image"], name, s.bands), s.max_value)
-    else:  # decode straight to the output size (JPEG draft mode)
-      image = decode.decode_resized(record["image"], s.image_size, name, s.bands, s.max_value)
     image, caption = augment.augment_pair(image, caption, s.image_size, rng, s.augment)
     return {"image": image, "caption": caption}
 
