@@ -67,13 +67,17 @@ def get_config(arg=None):
       log_every=50,
       checkpoint_every=250,
       keep_checkpoints=2,
+      # Micro-batches per step (gradients averaged); contrastive negatives then come from each
+      # micro-batch of batch_size / grad_accum_steps pairs only.
+      grad_accum_steps=1,
   )
 
   # every: evaluate on the val split every N steps (0: only at the end, on eval.split).
   c.eval = dict(split="test", batch_size=500, at_step0=True, every=0)
 
-  # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1).
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1). dcn_data: slices (TPU
+  # multi-slice) or GPU nodes along `data`; rules: fsdp_tp | fsdp | tp | dp (see rsjax/parallel.py).
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, rules="fsdp_tp")
 
   if "runlocal" in args:  # seconds-long run for checking that the path works
     c.data.num_train = 512

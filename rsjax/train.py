@@ -82,9 +82,10 @@ def state_layout(model: TwoTower, tx: optax.GradientTransformation,
                  config: ml_collections.ConfigDict, mesh):
   """(abstract state with shardings, state shardings) without allocating anything."""
   boxed_state = _boxed_state_fn(model, tx, config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+  rules = parallel.rules_for(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(boxed_state, jax.random.key(0))
-    shardings = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh)
+    shardings = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
   return abstract_like(nn.meta.unbox(abstract), shardings), shardings
 
 
@@ -93,9 +94,32 @@ def init_state(model: TwoTower, tx: optax.GradientTransformation,
   """Initialises the train state directly in its sharded layout. Returns (state, state_shardings)."""
   boxed_state = _boxed_state_fn(model, tx, config)
   _, shardings = state_layout(model, tx, config, mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_for(config)):
     state = jax.jit(lambda key: nn.meta.unbox(boxed_state(key)), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """train.grad_accum_steps (1 for configs written before the key existed)."""
+  k = config.train.get("grad_accum_steps", 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"config key 'train.grad_accum_steps' must be an integer >= 1, got {k!r}")
+  return k
+
+
+def split_micro_batches(x: jax.Array, k: int, mesh=None) -> jax.Array:
+  """[B, ...] -> [k, B/k, ...]: micro-batch j holds rows j, j + k, j + 2k, ...
+
+  Interleaving keeps every row on the device that already holds it: a device's B/N consecutive
+  rows split into k groups of B/(N k) (parallel.check_batch requires that divisibility), so the
+  micro-batches are sharded over the data-parallel axes like the batch, with no communication.
+  """
+  b = x.shape[0]
+  micro = jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+  if mesh is not None:
+    micro = jax.lax.with_sharding_constraint(
+        micro, jax.sharding.NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+  return micro
 
 
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
@@ -105,8 +129,18 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
   With a mesh of several data-parallel devices, train.loss_sharding picks how the contrastive loss
   is spread: "ring" (exact ring over the devices; no device holds the global [B, B] logits), "auto"
   (left to XLA's partitioner) or "all_gather" (every device computes all logits: the naive baseline).
+
+  train.grad_accum_steps = k > 1 splits the batch into k micro-batches of B/k (see
+  split_micro_batches), runs forward and backward on each in turn (a lax.scan, so only one
+  micro-batch's activations are alive) and applies the mean gradient once. The contrastive
+  negatives of each pair then come from its own micro-batch only: the loss is the mean of k losses
+  over B/k pairs, not one loss over B pairs (to keep all B negatives, shard the batch over more
+  devices or use remat instead). Call the jitted step under `jax.set_mesh(mesh)`: the activation
+  constraints of the model take the mesh from there.
   """
   t, hashing = config.train, config.model.hashing
+  rules = parallel.rules_for(config)
+  accum = grad_accum_steps(config)
   multi = mesh is not None and parallel.data_parallel_size(mesh) > 1
   if t.loss_sharding not in ("ring", "auto", "all_gather"):
     raise ValueError(f"config key 'train.loss_sharding': unknown '{t.loss_sharding}' "
@@ -114,42 +148,62 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
   ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
   gather = multi and t.loss_sharding == "all_gather"
 
+  def loss_fn(params, batch, beta):
+    out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
+                      batch["tokens"], hash_beta=beta)
+    if gather:  # the naive baseline: every device gathers all embeddings, builds all logits
+      keys = ("image", "text", "logit_scale", "logit_bias")
+      whole = jax.shard_map(
+          lambda o: contrastive_loss(t.loss, o, margin=t.triplet_margin), mesh=mesh,
+          in_specs=({k: P() for k in keys},), out_specs=P())
+      loss = whole({k: out[k] for k in keys})
+    else:
+      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
+    terms = {"contrastive_loss": loss}
+    if hashing.bits:
+      # Relevance by pairing: image i and caption j are similar only when i == j.
+      similarity = jnp.eye(out["image_hash"].shape[0], dtype=jnp.float32)
+      hash_total, hash_terms = hashing_loss(
+          out["image_hash"], out["text_hash"], t.hash_weights, similarity=similarity,
+          temperature=t.hash_temperature)
+      loss = loss + hash_total
+      terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
+    return loss, {"logit_scale": out["logit_scale"], **terms}
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated(params, batch, beta):
+    """Mean loss, metrics and gradients over `accum` micro-batches, summed in float32."""
+    micro = {k: split_micro_batches(v, accum, mesh) for k, v in batch.items()}
+
+    def one(carry, mb):
+      (loss, aux), grads = grad_fn(params, mb, beta)
+      total = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry, grads)
+      return total, (loss, aux)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    total, (losses, aux) = jax.lax.scan(one, zeros, micro)
+    grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), total, params)
+    return (losses.mean(), jax.tree.map(lambda v: v.mean(0), aux)), grads
+
   def train_step(state: TrainState, batch: dict):
     beta = hash_beta(state.step, t.steps, hashing.beta_start, hashing.beta_end)
-
-    def loss_fn(params):
-      out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
-                        batch["tokens"], hash_beta=beta)
-      if gather:  # the naive baseline: every device gathers all embeddings, builds all logits
-        keys = ("image", "text", "logit_scale", "logit_bias")
-        whole = jax.shard_map(
-            lambda o: contrastive_loss(t.loss, o, margin=t.triplet_margin), mesh=mesh,
-            in_specs=({k: P() for k in keys},), out_specs=P())
-        loss = whole({k: out[k] for k in keys})
+    with nn.logical_axis_rules(rules):  # the model's activation constraints use these names
+      if accum == 1:
+        (loss, aux), grads = grad_fn(state.params, batch, beta)
       else:
-        loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
-      terms = {"contrastive_loss": loss}
-      if hashing.bits:
-        # Relevance by pairing: image i and caption j are similar only when i == j.
-        similarity = jnp.eye(out["image_hash"].shape[0], dtype=jnp.float32)
-        hash_total, hash_terms = hashing_loss(
-            out["image_hash"], out["text_hash"], t.hash_weights, similarity=similarity,
-            temperature=t.hash_temperature)
-        loss = loss + hash_total
-        terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
-      return loss, (out, terms)
-
-    (loss, (out, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, aux), grads = accumulated(state.params, batch, beta)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "logit_scale": out["logit_scale"],
-               "grad_norm": optax.tree.norm(grads), **terms}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
 
 
 def compile_train_step(train_step, state_shardings, mesh):
+  """jit with the state in its sharded layout, the batch split over the data-parallel axes, the
+  metrics replicated and the old state's buffers donated. Call it under `jax.set_mesh(mesh)`."""
   batch_shardings = {"image": parallel.batch_sharding(mesh),
                      "tokens": parallel.batch_sharding(mesh)}
   return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
@@ -192,8 +246,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   """
   t = config.train
   os.makedirs(workdir, exist_ok=True)
+  parallel.initialize_distributed()  # multi-host runs: before anything touches the devices
   mesh = parallel.make_mesh(config, devices)
-  parallel.check_batch(t.batch_size, mesh)
+  parallel.check_batch(t.batch_size, mesh, grad_accum_steps(config))
   log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)")
 
   # Input.
@@ -236,7 +291,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   schedule = learning_rate_schedule(t)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   tick, tick_step = time.perf_counter(), start
-  with _PreemptionFlag() as preempt, jax.set_mesh(mesh), nn.logical_axis_rules(parallel.RULES):
+  with _PreemptionFlag() as preempt, jax.set_mesh(mesh), \
+      nn.logical_axis_rules(parallel.rules_for(config)):
     for step in range(start + 1, t.steps + 1):
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, m = step_fn(state, batch)

@@ -63,8 +63,11 @@ class Attention(nn.Module):
                        (3, heads, head_dim), self.param_dtype)
     qkv = jnp.einsum("bld,dshk->blshk", x.astype(self.dtype),
                      w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)  # [B, L, 3, H, Dh]
+    # Tensor parallelism splits the heads: each device attends with its own heads only.
+    qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, H, Dh]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, L, H, Dh]
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     w_out = self.param("out_kernel", logical(dense_init, ("heads", "kv", "embed")),
                        (heads, head_dim, width), self.param_dtype)
     b_out = self.param("out_bias", logical(nn.initializers.zeros, ("embed",)), (width,),
