@@ -47,6 +47,11 @@ def get_config(arg=None):
       train_split="train",
       skip_bad_records=False,
       tokenizer_path="",
+      # True: augmented batches through grain (keys as in configs/prepared.py); False: in memory.
+      stream=False,
+      augment=dict(crop_scale_min=0.5, dihedral=True, color_jitter=0.0),
+      num_workers=0,
+      prefetch=4,
   )
   c.train.steps = int(args.get("steps", 200))
   c.train.batch_size = int(args.get("batch", 32))

@@ -17,6 +17,9 @@ Config keys (data section):
   train_split        split to train on; every other split present is available for evaluation
   skip_bad_records   skip (and list) bad records instead of stopping at the first
   tokenizer_path     "" -> a SentencePiece model trained on the train captions in the workdir
+  stream             False: train images decoded once into memory, no augmentation; True: read
+                     through the grain pipeline with augment / num_workers / prefetch as for
+                     data.name="tfds" (rsjax/data/prepared.py)
 """
 
 from __future__ import annotations
@@ -90,10 +93,18 @@ def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length
   captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
   train_captions = [c for caps in captions[train_split] for c in caps]
   tokenizer = tokenizer_for(train_captions, workdir, vocab_size, data.get("tokenizer_path", ""))
+  eval_splits = {s: _eval_split(tokenizer, arrays[s][0], captions[s], context_length)
+                 for s in arrays if s != train_split}
+  if data.get("stream", False):  # augmented batches from the files, through grain
+    from rsjax.data import prepared, stream
+    spec = prepared.spec_from_config(data, context_length,
+                                     data.get("tokenizer_path", "") or tokenizer.path)
+    log(f"data {data.path}: train {len(arrays[train_split][1])} images (streamed, augmented), "
+        + ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
+    return prepared.streaming_data(stream.FileSource(arrays[train_split][1]), spec, data,
+                                   eval_splits, tokenizer)
   log(f"data {data.path}: " + ", ".join(f"{s} {len(a)} images" for s, (a, _) in arrays.items()))
   return RetrievalData(
       train_images=arrays[train_split][0],
       train_tokens=_tokenize_per_image(tokenizer, captions[train_split], context_length),
-      eval_splits={s: _eval_split(tokenizer, arrays[s][0], captions[s], context_length)
-                   for s in arrays if s != train_split},
-      tokenizer=tokenizer)
+      eval_splits=eval_splits, tokenizer=tokenizer)

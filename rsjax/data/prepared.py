@@ -42,6 +42,22 @@ class StreamingRetrievalData(RetrievalData):
     return self.make_iterator(global_batch, seed, process_index, process_count)
 
 
+def streaming_data(train_source, spec: stream.StreamSpec, data: ml_collections.ConfigDict,
+                   eval_splits: dict, tokenizer) -> StreamingRetrievalData:
+  """Wraps a train source (records with encoded images) as a streamed RetrievalData."""
+
+  def make_iterator(global_batch, seed, process_index, process_count):
+    return stream.train_iterator(train_source, spec, global_batch, seed, process_index,
+                                 process_count, num_workers=data.get("num_workers", 0),
+                                 prefetch=data.get("prefetch", 4))
+
+  size = data.image_size
+  return StreamingRetrievalData(
+      train_images=np.zeros((0, size, size, 3), np.uint8),
+      train_tokens=np.zeros((0, 1, spec.context_length), np.int32),
+      eval_splits=eval_splits, tokenizer=tokenizer, make_iterator=make_iterator)
+
+
 def prepared_dir(data: ml_collections.ConfigDict) -> str:
   base = os.path.join(os.path.abspath(data.data_dir), data.builder)
   version = data.get("version", "")
@@ -104,7 +120,7 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   else:
     captions = [c for i in range(len(train_source)) for c in _texts(train_source[i]["captions"])]
     tokenizer = tokenizer_for(captions, workdir, vocab_size)
-  spec = spec_from_config(data, context_length, tokenizer.path)
+  spec = spec_from_config(data, context_length, model_path or tokenizer.path)
   eval_splits = {}
   for split in builder.info.splits:
     if split != train_split:
@@ -113,13 +129,4 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   log(f"data {path}: train {len(train_source)} records (streamed), " +
       ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
 
-  def make_iterator(global_batch, seed, process_index, process_count):
-    return stream.train_iterator(train_source, spec, global_batch, seed, process_index,
-                                 process_count, num_workers=data.get("num_workers", 0),
-                                 prefetch=data.get("prefetch", 4))
-
-  size = data.image_size
-  return StreamingRetrievalData(
-      train_images=np.zeros((0, size, size, 3), np.uint8),
-      train_tokens=np.zeros((0, 1, context_length), np.int32),
-      eval_splits=eval_splits, tokenizer=tokenizer, make_iterator=make_iterator)
+  return streaming_data(train_source, spec, data, eval_splits, tokenizer)

@@ -84,7 +84,8 @@ class DecodeAugment(grain.transforms.RandomMap):
 
 
 class Tokenize(grain.transforms.Map):
-  """{"caption": str} -> {"tokens": [L] int32}; the SentencePiece model loads once per process."""
+  """{"caption": str} -> {"tokens": [L] int32}; the tokenizer (a SentencePiece model path, or
+  "clip_bpe") loads once per process."""
 
   def __init__(self, tokenizer_path: str, context_length: int):
     self.tokenizer_path = tokenizer_path
@@ -96,9 +97,9 @@ class Tokenize(grain.transforms.Map):
             "_tokenizer": None}
 
   def map(self, element: dict) -> dict:
-    if self._tokenizer is None:
-      from rsjax.data.tokenizers import SentencePieceTokenizer
-      self._tokenizer = SentencePieceTokenizer(self.tokenizer_path)
+    if self._tokenizer is None:  # the same dispatch as the trainer's (SentencePiece, clip_bpe)
+      from rsjax.data.datasets import tokenizer_for
+      self._tokenizer = tokenizer_for([], "", 0, self.tokenizer_path)
     tokens = self._tokenizer.encode([element["caption"]], self.context_length)[0]
     return {"image": element["image"], "tokens": tokens}
 
