@@ -112,3 +112,17 @@ def test_annotated_loader_reads_rsicd_samples(shared_data, tmp_path):
   test = data.eval_splits["test"]
   assert test.images.shape == (8, 32, 32, 3) and len(test.captions) == 40
   assert data.train_images.std() > 10  # real pixels, not a blank fill
+
+
+def test_annotated_loader_streams_augmented_batches(shared_data, tmp_path):
+  """data.stream=True: the train split comes from the grain pipeline (random crops, turns)."""
+  config = load_config(str(REPO / "configs" / "annotated.py"),
+                       [f"data.path={shared_data / 'rsicd_samples'}", "data.image_size=32",
+                        "data.stream=True"])
+  data = load_retrieval_data(config, str(tmp_path))
+  assert data.train_images.shape[0] == 0  # nothing held in memory for training
+  it = data.train_iterator(8, seed=0)
+  first, second = next(it), next(it)
+  assert first["image"].shape == (8, 32, 32, 3) and first["tokens"].shape == (8, 24)
+  assert not np.array_equal(first["image"], second["image"])
+  assert data.eval_splits["test"].images.shape == (8, 32, 32, 3)
