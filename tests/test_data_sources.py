@@ -68,6 +68,19 @@ def test_karpathy_json_matches_captions_jsonl(shared_data, name, file):
     assert (r.split, r.captions) == (twin.split, twin.captions)
 
 
+def test_levir_mci_token_files_match_captions_jsonl(shared_data):
+  """The original LEVIR-MCI files (split lists + packed token files) give the same pairs,
+  splits and captions as levir_cc/captions.jsonl."""
+  folder = shared_data / "annotations_only" / "levir_cc"
+  mci, _ = records.collect(sources.read_source("levir_mci", str(folder / "original"),
+                                               str(folder)), check_files=False)
+  jsonl, _ = records.collect(sources.read_source("captions_jsonl", str(folder)),
+                             check_files=False)
+  assert _split_counts(mci) == EXPECTED["levir_cc"]
+  assert {(r.split, r.images, r.captions) for r in mci} == \
+      {(r.split, r.images, r.captions) for r in jsonl}
+
+
 def test_rsitmd_nwpu_levir_json_fixtures(tmp_path):
   """RSITMD, NWPU-Captions and LEVIR-CC JSON files are not in ../shared/data: these fixtures are
   written here in each format's published layout."""

@@ -10,6 +10,7 @@ entry that cannot even be parsed is yielded as a `BadRecordError` instance, so t
   rsitmd          RSITMD's dataset_RSITMD.json: Karpathy layout plus per-image "keywords"
   nwpu            NWPU-Captions' dataset_nwpu.json: {class: [{"filename", "split", "raw", "raw_1".."raw_4"}]}
   levir_cc        LevirCCcaptions.json: {"images": [{"filepath", "filename", "changeflag", "sentences"}]}
+  levir_mci       LEVIR-MCI token files: {train,val,test}.txt + tokens/<name>.txt (or tokens.tar.gz)
   image_folder    <root>/<class>/<image>: classification sets without annotation files
 """
 
@@ -141,6 +142,47 @@ def read_levir_cc(path: str, image_root: str | None = None) -> Iterator[Record |
                  changed=None if flag is None else bool(flag), where=where)
 
 
+def read_levir_mci(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
+  """LEVIR-MCI / Change-Agent layout of LEVIR-CC: {train,val,test}.txt list the pair names, and
+  tokens/<name>.txt (a folder, or packed in tokens.tar.gz) holds each pair's captions as token
+  lists with <START> / <END>. Images: <root>/images/<split>/{A,B}/<name>.png."""
+  import tarfile
+
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  root = image_root or os.path.dirname(os.path.abspath(folder))
+  packed = os.path.join(folder, "tokens.tar.gz")
+  tokens: dict[str, bytes] = {}
+  if not os.path.isdir(os.path.join(folder, "tokens")) and os.path.isfile(packed):
+    with tarfile.open(packed) as tar:
+      for member in tar:
+        if member.isfile():
+          tokens[os.path.basename(member.name)] = tar.extractfile(member).read()
+  for split in ("train", "val", "test"):
+    listing = os.path.join(folder, f"{split}.txt")
+    if not os.path.isfile(listing):
+      continue
+    with open(listing, encoding="utf-8") as f:
+      names = [line.strip() for line in f if line.strip()]
+    for line_no, name in enumerate(names, 1):
+      where = f"{listing}:{line_no}"
+      stem = os.path.splitext(name)[0] + ".txt"
+      try:
+        if stem in tokens:
+          raw = tokens[stem]
+        else:
+          with open(os.path.join(folder, "tokens", stem), "rb") as t:
+            raw = t.read()
+        sentences = json.loads(raw)
+      except (OSError, json.JSONDecodeError) as e:
+        yield BadRecordError(f"{where}: no readable token file {stem} ({type(e).__name__})")
+        continue
+      captions = [" ".join(w for w in sent if w not in ("<START>", "<END>"))
+                  if isinstance(sent, list) else sent for sent in sentences]
+      pair = tuple(_join(root, os.path.join("images", split, side, name)) for side in ("A", "B"))
+      yield Record(key=f"{split}/{name}", split=split, images=pair, captions=tuple(captions),
+                   where=where)
+
+
 def read_image_folder(path: str, image_root: str | None = None,
                       split: str = "train") -> Iterator[Record | BadRecordError]:
   """<path>/<class>/<image>: one record per image file, labelled by its folder, no captions.
@@ -165,6 +207,7 @@ READERS: dict[str, Callable[..., Iterator]] = {
     "rsitmd": read_rsitmd,
     "nwpu": read_nwpu,
     "levir_cc": read_levir_cc,
+    "levir_mci": read_levir_mci,
     "image_folder": read_image_folder,
 }
 
