@@ -1,0 +1,101 @@
+"""End to end on a tiny trained model with a hashing head: rsjax eval (per subset, hashing,
+zero-shot on RSSCN7), rsjax index (real images, append), rsjax search (dense, binary, rerank,
+sharded) and rsjax report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import cli_sets, tiny_config
+from rsjax import cli, evaluate, index, parallel, search_inputs
+from rsjax.train import train
+
+SETS = ("model.hashing.bits=32", "train.steps=4")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train(tiny_config(*SETS), workdir)
+  return workdir
+
+
+def rsjax(*args) -> int:
+  return cli.main([str(a) for a in args])
+
+
+def test_eval_writes_per_split_hashing_and_zero_shot(run_dir, shared_data, capsys):
+  code = rsjax("eval", "--config", "configs/smoke.py", "--workdir", run_dir, *cli_sets(*SETS),
+               "--splits", "test,val", "--zero-shot", shared_data / "rsscn7",
+               "--zero-shot-split", "val", "--zero-shot-limit", 28)
+  assert code == 0
+  with open(os.path.join(run_dir, "eval_full.json")) as f:
+    res = json.load(f)
+  assert set(res["splits"]) == {"test", "val"}
+  with open(os.path.join(run_dir, "eval.json")) as f:  # the trainer's own evaluation agrees
+    trained = json.load(f)
+  for key in ("i2t_r1", "t2i_r10", "mR"):
+    assert res["splits"]["test"]["retrieval"][key] == pytest.approx(trained[key])
+  hashing = res["splits"]["test"]["hashing"]
+  assert hashing["bits"] == 32 and len(hashing["pairing"]["t2i"]["pr_curve"]["precision"]) == 33
+  zs = res["zero_shot"]["rsscn7"]
+  assert zs["num_images"] == 28 and zs["num_classes"] == 7 and 0 <= zs["top1"] <= 100
+  gallery = np.load(os.path.join(run_dir, "eval_gallery.npz"))
+  assert gallery["images"].shape[:2] == (4, 5) and gallery["hit"].dtype == bool
+  assert "| val |" in capsys.readouterr().out
+  assert rsjax("report", run_dir) == 0
+  html = open(os.path.join(run_dir, "report", "report.html")).read()
+  assert html.count("<img ") == 2 + 20  # curves, PR curves, 4 x 5 gallery
+
+
+def test_index_search_append_and_refusals(run_dir, shared_data, tmp_path, capsys):
+  base = ["--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint", run_dir, "--quiet"]
+  out = tmp_path / "idx"
+  assert rsjax("index", *base, "--images", shared_data / "rsicd_samples", "--out", out) == 0
+  assert rsjax("index", *base, "--images", shared_data / "ucm_captions_samples", "--out", out,
+               "--append") == 0
+  idx = index.load(str(out))
+  assert len(idx) == 53 + 9 and idx.codes.shape == (62, 4) and idx.dense.dtype == np.float16
+  # The stored vectors are the model's, for the images at the stored paths.
+  config = tiny_config(*SETS)
+  mesh = parallel.make_mesh(config)
+  model, params, _ = evaluate.load_model(config, run_dir, mesh)
+  enc_img, _ = evaluate.encoders(model)
+  images = np.stack([search_inputs.load_image(p, 32) for p in idx.paths[50:56]])
+  import jax
+  with jax.set_mesh(mesh):
+    emb = evaluate.encode_in_batches(enc_img, params, images, 8, mesh)
+  np.testing.assert_allclose(idx.dense[50:56].astype(np.float32), emb, atol=2e-3)
+
+  capsys.readouterr()
+  results = {}
+  for name, extra in {"dense": [], "binary": ["--binary"], "rerank": ["--binary", "--rerank", 30],
+                      "sharded": ["--sharded"]}.items():
+    assert rsjax("search", out, "two planes near a runway", "--k", 5, "--json", *extra) == 0
+    results[name] = json.loads(capsys.readouterr().out)["results"]
+    assert len(results[name]) == 5
+  # Host BLAS and the devices' XLA matmul may differ in the last bit of a score.
+  assert [r["path"] for r in results["dense"]] == [r["path"] for r in results["sharded"]]
+  np.testing.assert_allclose([r["score"] for r in results["dense"]],
+                             [r["score"] for r in results["sharded"]], rtol=1e-5)
+  hamming = [r["hamming"] for r in results["binary"]]
+  assert hamming == sorted(hamming)
+  scores = [r["score"] for r in results["rerank"]]
+  assert scores == sorted(scores, reverse=True)
+
+  # An index whose recorded model differs from the checkpoint offered is not appended to.
+  meta_file = out / "index.json"
+  meta = json.loads(meta_file.read_text())
+  meta["model"]["params_digest"] = "0" * 32
+  meta_file.write_text(json.dumps(meta))
+  code = rsjax("index", *base, "--images", shared_data / "ucm_captions_samples", "--out", out,
+               "--append")
+  assert code == 2 and "another model" in capsys.readouterr().err
+  # A damaged index is refused by search with the file named.
+  with open(out / "chunk_00001.npz", "r+b") as f:
+    f.seek(200)
+    f.write(b"\x00\x01\x02")
+  assert rsjax("search", out, "a lake") == 2
+  assert "chunk_00001.npz is corrupt" in capsys.readouterr().err
