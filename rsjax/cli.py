@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Order is the order of `rsjax --help`. A new subcommand adds its module name here.
-COMMANDS = ("train", "eval", "index", "search", "report", "data")
+COMMANDS = ("train", "eval", "index", "search", "report", "data", "convert", "export", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

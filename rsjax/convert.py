@@ -38,6 +38,9 @@ PARAMS_DIR = "params"
 TOKENIZER_PATH = "clip_bpe"  # data.tokenizer_path value selecting rsjax's CLIP BPE tokenizer
 # Scalars OpenAI's original checkpoints carry besides the weights; checked against the shapes.
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+# Non-weights a state dict may hold, each checked rather than placed: OpenAI's scalars, and the
+# text tower's causal attention mask (a buffer in TorchScript archives), implied by text.causal.
+CHECKED_KEYS = OPENAI_METADATA + ("attn_mask",)
 
 
 class ConversionError(ValueError):
@@ -390,12 +393,12 @@ def place(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
   params, unplaced, misfit, metadata = {}, [], [], {}
   for key in sorted(tensors):
     value = tensors[key]
-    if key in OPENAI_METADATA:
+    if key in CHECKED_KEYS:
       problem = metadata_check(key, value)
       if problem:
         misfit.append(problem)
       else:
-        metadata[key] = int(value)
+        metadata[key] = int(value) if value.size == 1 else f"{tuple(value.shape)} causal mask"
       continue
     target = rsjax_path(key)
     if target is None or target[0] not in shapes:
@@ -420,6 +423,17 @@ def place(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
   if problems:
     raise ConversionError("\n".join(problems))
   return params, {"placed": len(params), "metadata": metadata}
+
+
+def _is_causal_mask(value: np.ndarray, n: int) -> bool:
+  """A [n, n] mask hiding later positions: additive (-inf / very negative above the diagonal, 0
+  elsewhere) or boolean (True above the diagonal = masked, or True on and below = attend)."""
+  if value.shape != (n, n):
+    return False
+  above = np.triu(np.ones((n, n), bool), 1)
+  if value.dtype == bool:
+    return bool(np.array_equal(value, above) or np.array_equal(value, ~above))
+  return bool(np.all(value[above] <= -1e4) and np.all(value[~above] == 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,6 +474,9 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
                    "vocab_size": cfg.text.vocab_size}
 
   def check_metadata(key, value):
+    if key == "attn_mask":
+      return None if _is_causal_mask(value, cfg.text.context_length) else (
+          f"attn_mask {tuple(value.shape)}: not the causal mask of {cfg.text.context_length} tokens")
     if np.size(value) != 1 or int(value) != expected_meta[key]:
       return f"{key}: checkpoint says {value.tolist()}, the weights' shapes say {expected_meta[key]}"
     return None
@@ -545,7 +562,7 @@ def _flat_config(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def _scan_layout(flat: dict[str, np.ndarray], wanted: dict[str, tuple]) -> dict[str, np.ndarray]:
+def scan_layout(flat: dict[str, np.ndarray], wanted: dict[str, tuple]) -> dict[str, np.ndarray]:
   """Stacks per-block parameters (encoder/blockI/...) into the layout of a scanned model
   (encoder/blocksA_B/block/... with a leading layer axis) where `wanted` asks for it."""
   out = {k: v for k, v in flat.items() if k in wanted}
@@ -560,7 +577,7 @@ def _scan_layout(flat: dict[str, np.ndarray], wanted: dict[str, tuple]) -> dict[
 
 
 def unscan_layout(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Inverse of _scan_layout: encoder/blocksA_B/block/X [n, ...] -> encoder/blockI/X."""
+  """Inverse of scan_layout: encoder/blocksA_B/block/X [n, ...] -> encoder/blockI/X."""
   out = {}
   for path, value in flat.items():
     m = re.match(r"^(.*)/encoder/blocks(\d+)_(\d+)/block/(.+)$", path)
@@ -597,7 +614,7 @@ def load_init_params(directory: str, config, abstract_params, log=print):
       log(f"init: resizing {pos} {flat[pos].shape} -> {wanted[pos]} (bicubic) for "
           f"data.image_size={config.data.image_size}")
       flat[pos] = interpolate_pos_embed(flat[pos], (grid, grid))
-  flat = _scan_layout(flat, wanted) if config.model.scan else flat
+  flat = scan_layout(flat, wanted) if config.model.scan else flat
   problems += [f"{k}: checkpoint {tuple(flat[k].shape)}, model {wanted[k]}"
                for k in sorted(wanted.keys() & flat.keys()) if tuple(flat[k].shape) != wanted[k]]
   problems += [f"{k}: not in the checkpoint" for k in sorted(wanted.keys() - flat.keys())]

@@ -272,6 +272,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
     abstract, shardings = state_layout(model, tx, config, mesh)
     state = ckpt.restore(start, abstract, train_iter)
     log(f"resumed from checkpoint at step {start}")
+  elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
+    from rsjax.convert import load_init_params
+    abstract, shardings = state_layout(model, tx, config, mesh)
+    params = load_init_params(config.init.checkpoint, config, abstract.params, log)
+    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+                    out_shardings=shardings)(params)
   else:
     state, shardings = init_state(model, tx, config, mesh, jax.random.key(t.seed))
   start = int(start or 0)
