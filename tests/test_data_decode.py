@@ -121,3 +121,18 @@ def test_random_resized_crop_and_color_jitter_shapes_and_ranges():
   assert not np.array_equal(jittered, image)
   multiband = np.random.default_rng(2).integers(0, 255, (20, 20, 5), dtype=np.uint8)
   assert augment.random_resized_crop(multiband, 8, rng).shape == (8, 8, 5)
+
+
+def test_crop_drawn_before_decoding_uses_jpeg_draft_and_matches_full_decode(shared_data):
+  """A 400 px JPEG cropped to 64 px: the box is drawn from the header, the JPEG decodes at a
+  reduced DCT scale (at least 64 px left across the crop), and the result is close to a crop
+  of the full-resolution decode with the same box (mean difference under 4 grey levels)."""
+  data = (shared_data / "rsscn7" / "images" / "bField" / "b001.jpg").read_bytes()
+  image, box = decode.open_rgb_cropped(data, 64, np.random.default_rng(7), (0.5, 1.0))
+  assert image.size[0] < 400 and box[2] - box[0] >= 64 and box[3] - box[1] >= 64
+  fast = np.asarray(image.resize((64, 64), Image.BILINEAR, box=box)).astype(np.float32)
+  full_box = augment.random_box(400, 400, np.random.default_rng(7), (0.5, 1.0))
+  full = augment.resize_box(decode.decode(data), full_box, 64).astype(np.float32)
+  assert np.abs(fast - full).mean() < 4.0
+  assert decode.open_rgb_cropped(_tiff_bytes(np.zeros((4, 4), np.uint8)), 8,
+                                 np.random.default_rng(0), (0.5, 1.0)) == (None, None)

@@ -181,21 +181,23 @@ class AugmentConfig:
 
 
 def augment_pair(image: np.ndarray | Image.Image, caption: str, size: int,
-                 rng: np.random.Generator, config: AugmentConfig) -> tuple[np.ndarray, str]:
+                 rng: np.random.Generator, config: AugmentConfig,
+                 box: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, str]:
   """One image and its sampled caption -> ([size, size, C] uint8, caption rewritten to match).
 
   `image` is a [H, W, C] array or an RGB PIL image; a PIL image is cropped, resized and turned
-  without leaving PIL (one copy less, the fast path for JPEG / PNG)."""
+  without leaving PIL (one copy less, the fast path for JPEG / PNG). `box` is a crop already
+  drawn (decode.open_rgb_cropped draws it before decoding); None draws one here."""
   pil = isinstance(image, Image.Image)
   width, height = image.size if pil else (image.shape[1], image.shape[0])
-  if config.crop_scale[0] < 1.0:
+  if box is None and config.crop_scale[0] < 1.0:
     box = random_box(height, width, rng, config.crop_scale)
-  else:
+  elif box is None:
     box = (0, 0, width, height)
   if pil:
     image = image.resize((size, size), Image.BILINEAR, box=box)
-  elif box != (0, 0, size, size):
-    image = resize_box(image, box, size)
+  elif tuple(box) != (0, 0, size, size) or (height, width) != (size, size):
+    image = resize_box(image, tuple(int(round(v)) for v in box), size)
   if config.dihedral:
     transform = random_dihedral(rng)
     rewritten = rewrite_caption(caption, transform)

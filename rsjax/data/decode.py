@@ -159,6 +159,37 @@ def open_rgb(data: bytes, name: str = "<bytes>", draft_size: int = 0) -> Image.I
     raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
+def open_rgb_cropped(data: bytes, size: int, rng: np.random.Generator,
+                     crop_scale: tuple[float, float], name: str = "<bytes>"):
+  """(RGB PIL image, crop box in its pixels) for JPEG / PNG / ...; (None, None) for TIFF.
+
+  The random crop box (augment.random_box) is drawn from the header's size before decoding, so a
+  JPEG decodes at the smallest DCT scale (1, 1/2, 1/4, 1/8) that still leaves the crop at least
+  `size` pixels per side. Without a crop (crop_scale[0] >= 1) the box is the whole image."""
+  from rsjax.data.augment import random_box
+
+  if _is_tiff(data):
+    return None, None
+  try:
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if crop_scale[0] < 1.0:
+      box = random_box(height, width, rng, crop_scale)
+    else:
+      box = (0, 0, width, height)
+    need = (-(-width * size // (box[2] - box[0])), -(-height * size // (box[3] - box[1])))
+    image.draft("RGB", need)  # JPEG only; other formats ignore it
+    image.load()
+    if image.mode != "RGB":
+      image = image.convert("RGB")
+  except Exception as e:
+    raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+  sx, sy = image.size[0] / width, image.size[1] / height
+  if (sx, sy) != (1.0, 1.0):
+    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+  return image, box
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
   """Per-data-set, per-channel mean and std of uint8 pixel values, used as (x - mean) / std."""

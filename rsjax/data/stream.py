@@ -73,13 +73,13 @@ class DecodeAugment(grain.transforms.RandomMap):
       raise records.EmptyCaptionsError(f"record {_text(record.get('key', '?'))!r} has no captions")
     caption = captions[int(rng.integers(len(captions)))]
     name = _text(record.get("key", "<record>"))
-    image = None
+    image = box = None
     if s.bands is None:  # JPEG / PNG stay in PIL through crop, resize and turns
-      crop = s.augment.crop_scale[0] < 1.0  # without a crop, JPEG may decode at reduced scale
-      image = decode.open_rgb(record["image"], name, 0 if crop else s.image_size)
+      image, box = decode.open_rgb_cropped(record["image"], s.image_size, rng,
+                                           s.augment.crop_scale, name)
     if image is None:  # TIFF (any bit depth, any bands) or a band choice
       image = decode.to_uint8(decode.decode(record["image"], name, s.bands), s.max_value)
-    image, caption = augment.augment_pair(image, caption, s.image_size, rng, s.augment)
+    image, caption = augment.augment_pair(image, caption, s.image_size, rng, s.augment, box)
     return {"image": image, "caption": caption}
 
 
