@@ -70,6 +70,13 @@ def get_config(arg=None):
       # Micro-batches per step (gradients averaged); contrastive negatives then come from each
       # micro-batch of batch_size / grad_accum_steps pairs only.
       grad_accum_steps=1,
+      # A step whose loss or gradients are NaN/Inf: "stop" the run (naming the step and the last
+      # good checkpoint) or "skip" its update and count it, stopping after max_consecutive_skips.
+      nonfinite="stop",
+      max_consecutive_skips=10,
+      # When the newest checkpoint is unreadable or does not fit the model: refuse (False) or fall
+      # back to the next older one (True).
+      restore_fallback=False,
   )
 
   # every: evaluate on the val split every N steps (0: only at the end, on eval.split).

@@ -1,19 +1,70 @@
 """Checkpoints with orbax: train state (params, optimizer state, step), data-iterator state, config.
 
 Each step is written to a temporary directory and renamed when complete (orbax's atomic save), so a
-run killed mid-write never leaves a checkpoint that looks complete; `latest_step` only sees finished
+run killed mid-write never leaves a checkpoint that looks complete; `all_steps` only sees finished
 ones. Restoring takes the abstract target state with shardings, so a checkpoint lands directly in the
-current mesh's layout.
+current mesh's layout. Before reading any array, a checkpoint is checked against the model it is meant
+for: every parameter whose path or shape differs is named, and so is every differing `model.*` config
+key. A checkpoint that fails the check or cannot be read is refused; `restore_latest(fallback=True)`
+then tries the next older one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written, read, or does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """The checkpoint's parameters or model config differ from the model being restored."""
+
+
+class CheckpointReadError(CheckpointError):
+  """The checkpoint's files are missing, truncated or corrupt."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """Saving failed (disk full, read-only directory...); older checkpoints are untouched."""
+
+
+def _path_name(path) -> str:
+  """A tree path as 'params/img/blocks_0/qkv_kernel', the same for dataclass, dict and list keys."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _listed(items: list[str], limit: int = 20) -> str:
+  more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+  return "\n  " + "\n  ".join(items[:limit]) + more
 
 
 class Checkpointer:
@@ -34,20 +85,105 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config.to_dict())), force=True)
-    self.manager.wait_until_finished()
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
-  def restore(self, step: int, abstract_state, data_iterator=None):
-    """Returns the state at `step`, laid out as `abstract_state`; restores the iterator in place."""
+  def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
+    """Writes step `step`; on failure raises CheckpointWriteError naming the step kept."""
+    previous = self.latest_step()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(config.to_dict())), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # OSError, or the tensorstore/orbax error that wraps one
+      kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
+              else "no earlier checkpoint exists")
+      raise CheckpointWriteError(
+          f"could not write the checkpoint of step {step} to {self.directory}: "
+          f"{type(e).__name__}: {e}\n{kept}; fix the cause (disk space, permissions) and rerun the "
+          "same command to resume") from e
+
+  def check_compatible(self, step: int, abstract_state,
+                       config: ml_collections.ConfigDict | None = None) -> None:
+    """Raises CheckpointMismatchError naming every parameter path or shape and every `model.*`
+    config key in which checkpoint `step` differs from `abstract_state` / `config`."""
+    where = f"checkpoint step {step} in {self.directory}"
+    try:
+      metadata = self.manager.item_metadata(step)
+      saved = _shapes(metadata["state"])
+    except Exception as e:
+      raise CheckpointReadError(f"{where} is unreadable (metadata): {type(e).__name__}: {e}") from e
+    wanted = _shapes(abstract_state)
+    problems = [f"{k}: checkpoint {saved[k]} vs model {wanted[k]}"
+                for k in sorted(wanted.keys() & saved.keys()) if saved[k] != wanted[k]]
+    problems += [f"{k}: missing from the checkpoint" for k in sorted(wanted.keys() - saved.keys())]
+    problems += [f"{k}: in the checkpoint but not in the model"
+                 for k in sorted(saved.keys() - wanted.keys())]
+    if config is not None and not problems:
+      try:
+        saved_config = self.manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))["config"]
+      except Exception as e:
+        raise CheckpointReadError(f"{where}: its config is unreadable: {e}") from e
+      # Through JSON as the saved copy went, so tuples compare equal to the lists they became.
+      ours = _flat(json.loads(json.dumps(config.model.to_dict())))
+      theirs = _flat(saved_config.get("model", {}))
+      problems += [f"model.{k}: checkpoint {theirs.get(k)!r} vs config {ours.get(k)!r}"
+                   for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+    if problems:
+      raise CheckpointMismatchError(f"{where} does not fit this model:" + _listed(problems))
+
+  def restore(self, step: int, abstract_state, data_iterator=None,
+              config: ml_collections.ConfigDict | None = None):
+    """Returns the state at `step`, laid out as `abstract_state`; restores the iterator in place.
+
+    Checks the checkpoint against the model first (and against `config.model` when given)."""
+    self.check_compatible(step, abstract_state, config)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:
+      raise CheckpointReadError(
+          f"checkpoint step {step} in {self.directory} is unreadable (truncated or corrupt "
+          f"files?): {type(e).__name__}: {e}") from e
     return restored["state"]
+
+  def restore_latest(self, abstract_state, data_iterator=None,
+                     config: ml_collections.ConfigDict | None = None, fallback: bool = False,
+                     log=print):
+    """(step, state) from the newest checkpoint, or (None, None) when there is none.
+
+    A refused checkpoint raises, unless `fallback`: then the next older one is tried, and so on.
+    """
+    steps = self.all_steps()[::-1]
+    for i, step in enumerate(steps):
+      try:
+        return step, self.restore(step, abstract_state, data_iterator, config)
+      except CheckpointError as e:
+        if not fallback:
+          hint = (" (train.restore_fallback=True would fall back to step "
+                  f"{steps[i + 1]})") if i + 1 < len(steps) else ""
+          raise type(e)(f"{e}{hint}") from e
+        if i + 1 == len(steps):
+          raise CheckpointError(f"{e}\nno older checkpoint to fall back to") from e
+        moved = self._set_aside(step)
+        log(f"refusing checkpoint step {step}: {e}\nmoved it to {moved} (kept for inspection); "
+            f"falling back to step {steps[i + 1]} (train.restore_fallback=True)")
+    return None, None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a refused checkpoint out of the manager's way (training will write that step again)
+    into <workdir>/refused_checkpoints/, never deleting it."""
+    target_dir = os.path.join(os.path.dirname(self.directory), "refused_checkpoints")
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+    os.rename(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    return target
 
   def close(self) -> None:
     self.manager.close()

@@ -124,6 +124,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= t.warmup_steps <= max(t.steps, 1), f"train.warmup_steps ({t.warmup_steps}) must lie in [0, train.steps={t.steps}]")
   _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
   _require(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)")
+  _require(t.get("nonfinite", "stop") in ("stop", "skip"),
+           f"train.nonfinite must be 'stop' or 'skip', got {t.get('nonfinite')!r}")
   m = config.model
   for tower in ("image", "text"):
     tc = m[tower]

@@ -58,7 +58,13 @@ def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation
     chain.append(optax.clip_by_global_norm(t.grad_clip_norm))
   chain.append(optax.adamw(learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
                            weight_decay=t.weight_decay, mask=decay_mask))
-  return optax.chain(*chain)
+  tx = optax.chain(*chain)
+  if t.get("nonfinite", "stop") == "skip":
+    # Drops an update whose gradients hold a NaN/Inf and leaves the optimizer state as it was; the
+    # loop counts these steps and stops after train.max_consecutive_skips in a row (optax would
+    # otherwise apply the update after its own limit).
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+  return tx
 
 
 def create_model(config: ml_collections.ConfigDict) -> TwoTower:
@@ -267,10 +273,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   model = create_model(config)
   tx = make_optimizer(t)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
-  start = ckpt.latest_step()
+  abstract, shardings = state_layout(model, tx, config, mesh)
+  start, state = ckpt.restore_latest(abstract, train_iter, config,
+                                     fallback=t.get("restore_fallback", False), log=log)
   if start is not None:
-    abstract, shardings = state_layout(model, tx, config, mesh)
-    state = ckpt.restore(start, abstract, train_iter)
     log(f"resumed from checkpoint at step {start}")
   elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
     from rsjax.convert import load_init_params
@@ -297,16 +303,30 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   schedule = learning_rate_schedule(t)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   tick, tick_step = time.perf_counter(), start
+  skipped = consecutive = 0  # non-finite steps skipped under train.nonfinite=skip
   with _PreemptionFlag() as preempt, jax.set_mesh(mesh), \
       nn.logical_axis_rules(parallel.rules_for(config)):
     for step in range(start + 1, t.steps + 1):
       batch = parallel.shard_batch(next(train_iter), mesh)
       state, m = step_fn(state, batch)
       loss = float(jax.block_until_ready(m["loss"]))  # blocking also avoids CPU collective stalls
-      if not np.isfinite(loss):
-        raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopping. The last good checkpoint is step "
-            f"{ckpt.latest_step()} in {ckpt.directory}")
+      if not (np.isfinite(loss) and np.isfinite(float(m["grad_norm"]))):
+        what = f"loss {loss}, gradient norm {float(m['grad_norm'])}"
+        if t.get("nonfinite", "stop") != "skip":
+          raise NonFiniteLossError(
+              f"non-finite {what} at step {step}; stopping. The last good checkpoint is step "
+              f"{ckpt.latest_step()} in {ckpt.directory} (train.nonfinite=skip would skip such "
+              "steps instead)")
+        skipped, consecutive = skipped + 1, consecutive + 1
+        log(f"step {step}: non-finite {what}; update skipped ({skipped} skipped so far)")
+        writer.write({"step": step, "skipped_steps": skipped})
+        if consecutive > t.get("max_consecutive_skips", 10):
+          raise NonFiniteLossError(
+              f"{consecutive} non-finite steps in a row up to step {step} (more than "
+              f"train.max_consecutive_skips={t.get('max_consecutive_skips', 10)}); stopping. "
+              f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+      else:
+        consecutive = 0
       if step % t.log_every == 0 or step == t.steps:
         now = time.perf_counter()
         rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
@@ -362,7 +382,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
   data = load_retrieval_data(config, workdir)
   model = create_model(config)
   abstract, _ = state_layout(model, make_optimizer(config.train), config, mesh)
-  state = ckpt.restore(step, abstract)
+  state = ckpt.restore(step, abstract, config=config)
   ckpt.close()
   results = _evaluate(model, state.params, data, config, mesh)
   results["step"] = step

@@ -10,14 +10,22 @@ from rsjax.config import load_config  # noqa: E402
 SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py")
 
 
+# The smoke config shrunk to a model that compiles and steps in about a second.
+TINY = [
+    "data.image_size=32", "data.num_train=64", "data.num_val=8", "data.num_test=16",
+    "model.embed_dim=16",
+    "model.image.width=32", "model.image.depth=1", "model.image.heads=2", "model.image.patch_size=8",
+    "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
+    "train.batch_size=16", "train.steps=6", "train.warmup_steps=2", "train.log_every=1",
+    "train.checkpoint_every=2", "eval.batch_size=16",
+]
+
+
 def tiny_config(*overrides: str):
-  """The smoke config shrunk to a model that compiles and steps in about a second."""
-  base = [
-      "data.image_size=32", "data.num_train=64", "data.num_val=8", "data.num_test=16",
-      "model.embed_dim=16",
-      "model.image.width=32", "model.image.depth=1", "model.image.heads=2", "model.image.patch_size=8",
-      "model.text.width=32", "model.text.depth=1", "model.text.heads=2",
-      "train.batch_size=16", "train.steps=6", "train.warmup_steps=2", "train.log_every=1",
-      "train.checkpoint_every=2", "eval.batch_size=16",
-  ]
-  return load_config(SMOKE, base + list(overrides))
+  """The TINY config, with further 'key=value' overrides."""
+  return load_config(SMOKE, TINY + list(overrides))
+
+
+def cli_sets(*overrides: str) -> list[str]:
+  """TINY plus `overrides` as command-line `--set` pairs."""
+  return [x for item in TINY + list(overrides) for x in ("--set", item)]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from rsjax.commands.common import add_config_args, load_config_or_exit
 
 
 def run(args) -> int:
   config = load_config_or_exit(args)
-  from rsjax.train import train
+  from rsjax.checkpoint import CheckpointError
+  from rsjax.train import NonFiniteLossError, train
 
-  train(config, os.path.abspath(args.workdir))
+  try:
+    train(config, os.path.abspath(args.workdir))
+  except (CheckpointError, NonFiniteLossError) as e:  # already say what happened and what is kept
+    print(f"rsjax: error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 
