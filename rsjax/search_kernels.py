@@ -46,25 +46,61 @@ def _hamming(db, row, q):
 
 
 @njit(cache=True)
+def _block_distances(db, q, lo, hi, buf):
+  """Distances of rows [lo, hi) into buf[:hi-lo]. The common word counts get loops with a fixed
+  body, which LLVM vectorises across rows (AVX2 popcount); others take the generic loop."""
+  words = db.shape[1]
+  if words == 1:
+    q0 = q[0]
+    for i in range(lo, hi):
+      buf[i - lo] = _popcount64(db[i, 0] ^ q0)
+  elif words == 2:
+    q0, q1 = q[0], q[1]
+    for i in range(lo, hi):
+      buf[i - lo] = _popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1)
+  elif words == 4:
+    q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
+    for i in range(lo, hi):
+      buf[i - lo] = (_popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1)
+                     + _popcount64(db[i, 2] ^ q2) + _popcount64(db[i, 3] ^ q3))
+  else:
+    for i in range(lo, hi):
+      buf[i - lo] = _hamming(db, i, q)
+
+
+SCAN_ROWS = 256  # rows whose distances are computed together before the (rare) selection step
+
+
+@njit(cache=True)
 def _scan_binary(db, q, lo, hi, k, buckets, fill, count, state):
   """Adds rows [lo, hi) of `db` to one query's selection state.
 
   buckets [bits+1, k] int64: first k rows met at each distance; fill/count [bits+1]: rows kept /
-  seen at each distance; state [2]: (threshold t, rows seen at distance <= t).
+  seen at each distance; state [2]: (threshold t, rows seen at distance <= t). Distances come a
+  block at a time; a block whose nearest row is beyond the threshold is skipped whole.
   """
   t = state[0]
   total = state[1]
-  for i in range(lo, hi):
-    d = _hamming(db, i, q)
-    if d <= t:
-      if fill[d] < k:
-        buckets[d, fill[d]] = i
-        fill[d] += 1
-      count[d] += 1
-      total += 1
-      while t > 0 and total - count[t] >= k:  # the k best no longer need distance t
-        total -= count[t]
-        t -= 1
+  buf = np.empty(SCAN_ROWS, np.uint64)
+  for start in range(lo, hi, SCAN_ROWS):
+    stop = min(hi, start + SCAN_ROWS)
+    _block_distances(db, q, start, stop, buf)
+    nearest = buf[0]
+    for j in range(1, stop - start):
+      nearest = min(nearest, buf[j])
+    if nearest > t:
+      continue
+    for j in range(stop - start):
+      d = buf[j]
+      if d <= t:
+        if fill[d] < k:
+          buckets[d, fill[d]] = start + j
+          fill[d] += 1
+        count[d] += 1
+        total += 1
+        while t > 0 and total - count[t] >= k:  # the k best no longer need distance t
+          total -= count[t]
+          t -= 1
   state[0] = t
   state[1] = total
 
