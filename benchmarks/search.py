@@ -96,7 +96,6 @@ def main() -> None:
                    "rsjax_qps": rates["rsjax"], "faiss_qps": rates[setting],
                    "ratio": rates["rsjax"] / rates[setting], "faiss_setting": setting,
                    "equal": True})
-    del codes, words, index
 
   vectors = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
   vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
