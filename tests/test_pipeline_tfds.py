@@ -6,7 +6,6 @@ annotation lines with each defect), since ../shared/data holds only clean data."
 
 import json
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
