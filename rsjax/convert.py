@@ -246,9 +246,9 @@ def _flatten_checkpoint(obj, path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _listed(items: list[str], limit: int = 50) -> str:
-  more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-  return "\n  " + "\n  ".join(items[:limit]) + more
+def _listed(items: list[str]) -> str:
+  """Every item on its own line: a refusal names all offending keys, however many."""
+  return "\n  " + "\n  ".join(items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +411,8 @@ def place(tensors: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
                                            and len(want) == 0):
       misfit.append(f"{key}: checkpoint {tuple(value.shape)}, model needs {want} for {path}")
       continue
-    params[path] = np.ascontiguousarray(to_rsjax_layout(kind, value, shapes[path]), np.float32)
+    # np.array, not np.ascontiguousarray, which turns the scalar logit_scale into shape (1,).
+    params[path] = np.array(to_rsjax_layout(kind, value, shapes[path]), np.float32, order="C")
   unfilled = [f"{p} {s}" for p, s in sorted(shapes.items()) if p not in params]
   problems = []
   if unplaced:
@@ -502,8 +503,9 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
   try:
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, PARAMS_DIR), _nest(params))
+    # Uncompressed: trained float weights shrink by under 10% and restore about 3x slower.
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False)) as ckptr:
+      ckptr.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(_nest(params)))
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1)
     if os.path.exists(out_dir):
@@ -676,7 +678,7 @@ def to_open_clip(flat: dict[str, np.ndarray], model_cfg) -> dict[str, np.ndarray
       unmapped.append(f"{path} {tuple(value.shape)}")
       continue
     key, kind = target
-    state[key] = np.ascontiguousarray(to_torch_layout(kind, np.asarray(value, np.float32)))
+    state[key] = np.array(to_torch_layout(kind, np.asarray(value, np.float32)), order="C")
   if unmapped:
     problems.append("parameters open_clip has no tensor for:" + _listed(unmapped))
   if problems:

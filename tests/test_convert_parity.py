@@ -136,4 +136,5 @@ def test_export_gives_back_the_original_tensors(case):
   original = {k: v.detach().numpy() for k, v in model.state_dict().items() if k != "attn_mask"}
   assert sorted(state) == sorted(original)
   for key, value in original.items():
+    assert state[key].shape == value.shape, key
     np.testing.assert_array_equal(state[key], value, err_msg=key)
