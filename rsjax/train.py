@@ -374,6 +374,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
   """`rsjax eval`: evaluates the latest checkpoint in `workdir` on config.eval.split."""
+  parallel.initialize_distributed()
   mesh = parallel.make_mesh(config, devices)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step()
