@@ -12,7 +12,7 @@ from helpers import cli_sets, tiny_config
 from rsjax import cli, evaluate, index, parallel, search_inputs
 from rsjax.train import train
 
-SETS = ("model.hashing.bits=32", "train.steps=4")
+SETS = ("model.hashing.bits=32", "train.steps=4", "eval.at_step0=False")
 
 
 @pytest.fixture(scope="module")
