@@ -42,6 +42,7 @@ def run(args) -> int:
   from rsjax.metric_writer import log
 
   workdir = os.path.abspath(args.workdir)
+  parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes
   mesh = parallel.make_mesh(config)
   model, params, step = evaluate.load_model(config, args.checkpoint or workdir, mesh)
   data = load_retrieval_data(config, workdir)
@@ -77,6 +78,9 @@ def run(args) -> int:
     results["zero_shot"][os.path.basename(os.path.normpath(path))] = zs
     log(f"zero-shot {path} ({zs['num_images']} images, {zs['num_classes']} classes): "
         f"top-1 {zs['top1']:.2f}%, mean per class {zs['mean_per_class']:.2f}%")
+  import jax
+  if jax.process_index() != 0:
+    return 0
   for name in (f"eval_full_step{step}.json", "eval_full.json"):
     with open(os.path.join(workdir, name), "w") as f:
       json.dump(results, f, indent=1)
