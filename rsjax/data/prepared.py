@@ -115,6 +115,9 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   if not model_path and os.path.isfile(tokenizer_files.beside(path)):
     model_path = tokenizer_files.beside(path)
   train_source = builder.as_data_source(train_split)
+  if len(train_source) and train_source[0]["image_b"]:
+    raise ValueError(f"{path} holds image pairs (change captioning); the image-text trainer "
+                     "takes single images")
   if model_path:
     tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
   else:
