@@ -221,15 +221,20 @@ def read_checkpoint(path: str, unsafe_pickle: bool = False) -> tuple[dict[str, n
     raise ConversionError(
         f"{path}: torch.load could not read it safely ({type(e).__name__}: {e}). If the file comes "
         "from a source you trust and pickles other objects, rerun with --unsafe-pickle") from e
-  return _flatten_checkpoint(obj, path), "pickle"
+  tensors, nest = _flatten_checkpoint(obj, path)
+  return tensors, "pickle" + nest
 
 
-def _flatten_checkpoint(obj, path: str) -> dict[str, np.ndarray]:
-  """Finds the state dict (top level, or under 'state_dict' / 'model'), strips 'module.'."""
+def _flatten_checkpoint(obj, path: str) -> tuple[dict[str, np.ndarray], str]:
+  """Finds the state dict (top level, or under 'state_dict' / 'model'), strips 'module.'.
+  Returns it and where it was found, naming what else the file held (e.g. optimizer state)."""
   if not isinstance(obj, dict):
     raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+  where = ""
   for nest in ("state_dict", "model", "module"):
     if nest in obj and isinstance(obj[nest], dict):
+      others = sorted(str(k) for k in obj if k != nest)
+      where = f" under '{nest}'" + (f" (also held, not weights: {', '.join(others)})" if others else "")
       obj = obj[nest]
       break
   tensors = {}
@@ -243,7 +248,8 @@ def _flatten_checkpoint(obj, path: str) -> dict[str, np.ndarray]:
     raise ConversionError(f"{path}: entries that are not tensors:" + _listed(bad))
   if tensors and all(k.startswith("module.") for k in tensors):
     tensors = {k[len("module."):]: v for k, v in tensors.items()}
-  return tensors
+    where += ", keys prefixed 'module.'"
+  return tensors, where
 
 
 def _listed(items: list[str]) -> str:
@@ -467,6 +473,7 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
     raise ConversionError(f"output folder {out_dir} exists and is not empty")
   tensors, kind = read_checkpoint(path, unsafe_pickle)
   openai_style = kind == "torchscript" or any(k in tensors for k in OPENAI_METADATA)
+  log(f"convert: read {len(tensors)} tensors from {path} ({kind})")
   name, cfg, size, notes = infer_model(tensors, arch, activation, openai_style)
   for note in notes:
     log(f"convert: {note}")
@@ -515,7 +522,7 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   n = sum(v.size for v in params.values())
-  log(f"convert: {path} ({kind}, {len(tensors)} keys) -> {out_dir}: {name}, image {size}, "
+  log(f"convert: {path} ({len(tensors)} keys) -> {out_dir}: {name}, image {size}, "
       f"{n / 1e6:.1f}M parameters, every key placed")
   return info
 

@@ -188,3 +188,33 @@ def test_finetune_then_export_to_open_clip(converted, tiny, shared_data, tmp_pat
   for got, want in ((got_img, want_img), (got_txt, want_txt)):
     assert np.abs(got - want).max() <= 1e-4
     assert (got * want).sum(-1).min() >= 0.99999
+
+
+def test_export_of_a_converted_folder_loads_strictly_in_open_clip(converted, tiny, tmp_path):
+  import torch
+
+  open_clip = import_open_clip()
+  _, original, _ = tiny
+  out = tmp_path / "rs-tiny-export.pt"
+  assert cli.main(["export", "--format", "open_clip", "--converted", str(converted),
+                   "--out", str(out)]) == 0
+  assert json.loads(out.with_suffix(".json").read_text()) == {
+      **TINY_CONFIG, "quick_gelu": False,
+      "vision_cfg": {**TINY_CONFIG["vision_cfg"], "head_width": 64, "mlp_ratio": 4.0},
+      "text_cfg": {**TINY_CONFIG["text_cfg"], "mlp_ratio": 4.0}}
+  open_clip.add_model_config(str(out.with_suffix(".json")))
+  model = open_clip.create_model("rs-tiny-export", pretrained=None)
+  model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+  for key, value in original.state_dict().items():
+    assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_export_refuses_what_open_clip_cannot_express(converted, tmp_path):
+  _, cfg, flat = convert.load_converted(str(converted))
+  cfg.image.pool = "gap"
+  cfg.hashing.bits = 64
+  flat["image_hash/hash/kernel"] = np.zeros((64, 64), np.float32)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.to_open_clip(flat, cfg)
+  for named in ("model.image.pool is 'gap'", "model.hashing.bits is 64", "image_hash/hash/kernel"):
+    assert named in str(e.value)

@@ -95,6 +95,13 @@ def test_architecture_inferred_from_shapes(case):
   n_torch = sum(p.numel() for p in model.parameters())
   assert sum(v.size for v in flat.values()) == n_torch
   assert info["accounting"]["placed"] == len(flat)
+  kind = info["source"]["kind"]
+  if CASES[name][0] == "open_clip_training_checkpoint":
+    assert kind == ("pickle under 'state_dict' (also held, not weights: epoch, name), "
+                    "keys prefixed 'module.'")
+  else:
+    assert kind == {"safetensors": "safetensors", "state_dict_bin": "pickle",
+                    "torchscript": "torchscript"}[CASES[name][0]]
 
 
 def test_image_embeddings_match_open_clip(case, shared_data):
