@@ -218,3 +218,14 @@ def test_export_refuses_what_open_clip_cannot_express(converted, tmp_path):
     convert.to_open_clip(flat, cfg)
   for named in ("model.image.pool is 'gap'", "model.hashing.bits is 64", "image_hash/hash/kernel"):
     assert named in str(e.value)
+
+
+@pytest.mark.parametrize("dataset", ["rsicd", "rsitmd", "ucm"])
+def test_finetune_configs_load_for_registry_and_converted_models(dataset, converted):
+  path = str(REPO / "configs" / f"finetune_clip_{dataset}.py")
+  c = load_config(f"{path}:arch=ViT-L-14", [f"init.checkpoint={converted}"])
+  assert (c.model.image.width, c.data.image_size, c.data.tokenizer_path) == (1024, 224, "clip_bpe")
+  assert c.model.text.pool == "argmax" and c.model.image.input_norm == "clip"
+  c = load_config(f"{path}:init={converted}")
+  assert c.init.checkpoint == str(converted) and c.data.image_size == 64
+  assert c.model.to_dict() == convert.read_info(str(converted))["model"]
