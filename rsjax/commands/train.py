@@ -11,12 +11,13 @@ from rsjax.commands.common import add_config_args, load_config_or_exit
 def run(args) -> int:
   config = load_config_or_exit(args)
   from rsjax.checkpoint import CheckpointError
+  from rsjax.data.records import BadRecordError
   from rsjax.train import NonFiniteLossError, train
 
   try:
     train(config, os.path.abspath(args.workdir))
-  except (CheckpointError, NonFiniteLossError) as e:  # already say what happened and what is kept
-    print(f"rsjax: error: {e}", file=sys.stderr)
+  except (CheckpointError, NonFiniteLossError, BadRecordError) as e:  # these name what and where
+    print(f"rsjax: error: {type(e).__name__}: {e}", file=sys.stderr)
     return 1
   return 0
 
