@@ -137,3 +137,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
     _require(size == -1 or size >= 1, f"mesh.{axis} must be -1 (all remaining devices) or >= 1")
+
+
+def check_data_paths(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when a data path of the config is not there. Commands that read data
+  (train, eval) call it at start-up; loading a config alone (plan, tests) does not need the data."""
+  data = config.data
+  for key in ("path", "data_dir", "image_root"):
+    value = data.get(key, "")
+    if key == "data_dir" and data.get("name") != "tfds":
+      continue
+    _require(not value or os.path.exists(value),
+             f"data.{key}: {value} does not exist (data set '{data.get('name')}')")

@@ -14,12 +14,16 @@ def add_config_args(p: argparse.ArgumentParser, workdir: bool = True) -> None:
                  help="override a config value, e.g. --set train.steps=100 (repeatable)")
 
 
-def load_config_or_exit(args: argparse.Namespace):
-  """The config named by --config and --set, or exit 2 with the one-line reason."""
-  from rsjax.config import ConfigError, load_config
+def load_config_or_exit(args: argparse.Namespace, needs_data: bool = False):
+  """The config named by --config and --set, or exit 2 with the one-line reason. `needs_data`:
+  also refuse data paths that do not exist (for commands that read the data)."""
+  from rsjax.config import ConfigError, check_data_paths, load_config
 
   try:
-    return load_config(args.config, args.set)
+    config = load_config(args.config, args.set)
+    if needs_data:
+      check_data_paths(config)
+    return config
   except ConfigError as e:
     print(f"rsjax: config error: {e}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -34,7 +34,7 @@ def hashing_table(results: dict) -> str:
 
 
 def run(args) -> int:
-  config = load_config_or_exit(args)
+  config = load_config_or_exit(args, needs_data=True)
   import numpy as np
 
   from rsjax import evaluate, parallel, search_inputs
