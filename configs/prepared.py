@@ -5,6 +5,9 @@ with RS augmentations. The model is the smoke config's.
   rsjax data tokenizer rsicd_samples --data-dir data/ --vocab-size 512      # optional
   rsjax train --config configs/prepared.py:builder=rsicd_samples,data_dir=data/ --workdir runs/x
 
+norm=dataset normalises images with the prepared set's per-channel mean / std (from its
+metadata.json) instead of mapping pixels to [-1, 1].
+
 The data keys are documented in rsjax/data/prepared.py.
 """
 
@@ -41,6 +44,10 @@ def get_config(arg=None):
       prefetch=4,
       tokenizer_path="",
   )
+  if args.get("norm") == "dataset":  # the prepared set's own per-channel mean / std
+    from rsjax.data.prepared import dataset_normalization
+    mean, std = dataset_normalization(c.data)
+    c.model.image.update(input_norm="dataset", input_mean=mean, input_std=std)
   c.train.steps = int(args.get("steps", 200))
   c.train.batch_size = int(args.get("batch", 32))
   c.train.warmup_steps = 20

@@ -111,6 +111,36 @@ def test_prepared_set_trains_with_augmentation(shared_data, tmp_path_factory, tm
   assert 0 <= results["mR"] <= 100 and results["step"] == 2
 
 
+def test_dataset_normalization_from_the_prepared_metadata(shared_data, tmp_path_factory):
+  """configs/prepared.py:norm=dataset puts the prepared set's channel statistics (of its train
+  images, at the builder's default 64 px) into the model, which then sees (pixel - mean) / std."""
+  import jax
+  import jax.numpy as jnp
+  from rsjax.config import load_config
+  from rsjax.data import sources
+  from rsjax.models.vit import VisionTransformer
+  prepared = pathlib.Path(_prepare("rsicd_samples", shared_data, tmp_path_factory))
+  config = load_config(str(pathlib.Path(__file__).parents[1] / "configs" / "prepared.py")
+                       + f":builder=rsicd_samples,data_dir={prepared.parents[1]},norm=dataset")
+  mean, std = config.model.image.input_mean, config.model.image.input_std
+  recs, _ = records.collect(sources.read_source("captions_jsonl", str(shared_data / "rsicd_samples")))
+  expected = decode.channel_stats(
+      decode.decode_resized(decode.read_bytes(r.images[0]), 64, r.images[0])
+      for r in recs if r.split == "train")
+  np.testing.assert_allclose(mean, expected.mean, rtol=1e-4)
+  np.testing.assert_allclose(std, expected.std, rtol=1e-4)
+
+  pixels = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3)).astype(np.float32)
+  small = dict(width=8, depth=1, heads=2, patch_size=8, embed_dim=4)
+  vit = VisionTransformer(**small, input_norm="dataset", input_mean=tuple(mean),
+                          input_std=tuple(std))
+  params = vit.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  normalised = (pixels - np.asarray(mean)) / np.asarray(std)
+  np.testing.assert_allclose(vit.apply(params, jnp.asarray(pixels / 127.5 - 1.0))["embedding"],
+                             VisionTransformer(**small).apply(params, jnp.asarray(normalised))["embedding"],
+                             rtol=1e-4, atol=1e-5)
+
+
 def test_cli_prepare_and_tokenizer(shared_data, tmp_path, capsys):
   rc = cli.main(["data", "prepare", "rsicd_samples", "--manual-dir",
                  str(shared_data / "rsicd_samples"), "--data-dir", str(tmp_path)])

@@ -21,6 +21,7 @@ Config keys (data section), see configs/prepared.py:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import ml_collections
@@ -69,6 +70,16 @@ def prepared_dir(data: ml_collections.ConfigDict) -> str:
                               f"{base} (run `rsjax data prepare {data.builder} ...` first)")
     version = versions[-1]
   return os.path.join(base, version)
+
+
+def dataset_normalization(data: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
+  """(mean, std) per channel, 0..255 scale, of the prepared set's train split (metadata.json)."""
+  path = os.path.join(prepared_dir(data), "metadata.json")
+  with open(path) as f:
+    norm = json.load(f).get("normalization")
+  if not norm:
+    raise ValueError(f"{path} has no 'normalization' entry; prepare the set again")
+  return tuple(norm["mean"]), tuple(norm["std"])
 
 
 def _texts(values) -> list[str]:

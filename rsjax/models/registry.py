@@ -44,6 +44,8 @@ def default_model_config() -> ml_collections.ConfigDict:
       image=dict(width=192, depth=4, heads=3, patch_size=8, mlp_ratio=4.0, stem="patch",
                  pool="cls",
                  input_norm="none",  # "clip": CLIP's mean/std on the [-1, 1] input (converted weights)
+                 # "dataset": these per-channel pixel statistics (0..255 scale) of the data set
+                 input_mean=(), input_std=(),
                  pyramid=dict(enabled=False, taps=(1, 3), strides=(4, 8), channels=64,
                               pool="attention")),
       text=dict(vocab_size=512, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,

@@ -42,6 +42,7 @@ class TwoTower(nn.Module):
         width=c.image.width, depth=c.image.depth, heads=c.image.heads,
         patch_size=c.image.patch_size, embed_dim=c.embed_dim, mlp_ratio=c.image.mlp_ratio,
         stem=c.image.stem, pool=c.image.pool, input_norm=c.image.get("input_norm", "none"),
+        input_mean=tuple(c.image.get("input_mean", ())), input_std=tuple(c.image.get("input_std", ())),
         pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
         pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool, **kw)
     self.text = TextTransformer(

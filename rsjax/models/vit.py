@@ -55,6 +55,10 @@ class VisionTransformer(nn.Module):
   # What the [-1, 1] input images are mapped to first: "none" keeps them; "clip" applies CLIP's
   # per-channel mean/std normalization (OpenAI's constants), which converted CLIP weights expect.
   input_norm: str = "none"
+  # With input_norm "dataset": a data set's per-channel pixel mean / std on the 0..255 scale
+  # (`rsjax data prepare` writes them to the prepared set's metadata.json).
+  input_mean: tuple[float, ...] = ()
+  input_std: tuple[float, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -87,8 +91,15 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array) -> dict:
     if self.input_norm == "clip":
       images = (images.astype(jnp.float32) * 0.5 + 0.5 - CLIP_MEAN) / CLIP_STD
+    elif self.input_norm == "dataset":
+      if len(self.input_mean) != images.shape[-1] or len(self.input_std) != images.shape[-1]:
+        raise ValueError(f"input_norm 'dataset' needs one model.image.input_mean / input_std value "
+                         f"per channel ({images.shape[-1]}), got {self.input_mean} / {self.input_std}")
+      pixels = (images.astype(jnp.float32) + 1.0) * 127.5  # back to the 0..255 scale
+      images = (pixels - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
     elif self.input_norm != "none":
-      raise ValueError(f"unknown image input_norm '{self.input_norm}' (use 'none' or 'clip')")
+      raise ValueError(f"unknown image input_norm '{self.input_norm}' "
+                       "(use 'none', 'clip' or 'dataset')")
     x = self._embed_patches(images.astype(self.dtype))
     batch, gh, gw, _ = x.shape
     x = x.reshape(batch, gh * gw, self.width)
