@@ -608,8 +608,13 @@ def load_init_params(directory: str, config, abstract_params, log=print):
 
   from rsjax.models.vit import interpolate_pos_embed
 
+  from rsjax.models.registry import default_model_config
+
   info, _, flat = load_converted(directory)
-  ours, theirs = _flat_config(config.model.to_dict()), _flat_config(info["model"])
+  # A key one side lacks (written before the key existed) counts as its default value.
+  defaults = _flat_config(default_model_config().to_dict())
+  ours = {**defaults, **_flat_config(config.model.to_dict())}
+  theirs = {**defaults, **_flat_config(info["model"])}
   free = lambda k: k in _FREE_MODEL_KEYS or k.startswith(_FREE_PREFIXES)
   problems = [f"model.{k}: checkpoint {theirs.get(k)!r}, config {ours.get(k)!r}"
               for k in sorted(ours.keys() | theirs.keys())

@@ -229,3 +229,16 @@ def test_finetune_configs_load_for_registry_and_converted_models(dataset, conver
   c = load_config(f"{path}:init={converted}")
   assert c.init.checkpoint == str(converted) and c.data.image_size == 64
   assert c.model.to_dict() == convert.read_info(str(converted))["model"]
+
+
+def test_init_checkpoint_written_before_a_model_key_existed(converted, tmp_path):
+  import shutil
+
+  old = tmp_path / "old"
+  shutil.copytree(converted, old)
+  info = json.loads((old / "converted.json").read_text())
+  del info["model"]["logit_bias"]  # stands for a key added to the model config later
+  (old / "converted.json").write_text(json.dumps(info))
+  config = load_config(f"{FINETUNE}:init={converted}", [f"init.checkpoint={old}"])
+  params = convert.load_init_params(str(old), config, _abstract_params(config), log=print)
+  assert len(jax.tree.leaves(params)) == info["accounting"]["placed"]
