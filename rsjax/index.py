@@ -177,12 +177,19 @@ def _check_identity(meta: dict, identity: dict, path: str) -> None:
         "appending")
 
 
+def images_digest(paths: list[str]) -> str:
+  """Identifies the image list of an `rsjax index` run, so that a rerun can resume it."""
+  return hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode()).hexdigest()[:32]
+
+
 def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
                 codes: np.ndarray | None, dense_dtype: str = "float16",
-                append: bool = False) -> dict:
+                append: bool = False, building: dict | None = None) -> dict:
   """Creates index `path` (or, with append, adds a chunk to it). Returns the new metadata.
 
-  dense [n, E] unit-norm float; codes [n, K/8] uint8 or None."""
+  dense [n, E] unit-norm float; codes [n, K/8] uint8 or None. `building`: while an `rsjax index`
+  run has more chunks to write, {"images_digest", "total", "done"} of that run, kept in index.json
+  so that a rerun of an interrupted run resumes it; None marks the run finished."""
   if dense_dtype not in DENSE_DTYPES:
     raise ValueError(f"dense dtype must be one of {sorted(DENSE_DTYPES)}, got {dense_dtype!r}")
   if len(dense) != len(paths) or (codes is not None and len(codes) != len(paths)):
@@ -227,6 +234,10 @@ def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
   meta["chunks"].append({"rows": len(paths), "arrays": arrays_name, "paths": paths_name,
                          "files": files})
   meta.pop("path", None)
+  if building is None:
+    meta.pop("building", None)
+  else:
+    meta["building"] = building
   # index.json last: a crash before this line leaves the index as it was.
   def save_meta(tmp):
     with open(tmp, "w", encoding="utf-8") as f:

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from rsjax import search_kernels as kernels
 
 DENSE_BLOCK_SCORES = 1 << 24  # scores per BLAS call ([Q, rows] float32, 64 MiB)
+MIN_BLOCK_ROWS = 16384  # index rows per BLAS call at the least (query batches are split to fit)
 
 
 def pack_words(packed: np.ndarray) -> np.ndarray:
@@ -105,8 +106,13 @@ def dense_topk(db: np.ndarray, queries: np.ndarray, k: int,
   q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
   if db.ndim != 2 or q.shape[1] != db.shape[1]:
     raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {db.shape[1:]}")
+  max_queries = DENSE_BLOCK_SCORES // MIN_BLOCK_ROWS
+  if len(q) > max_queries:  # a query batch of any size: score matrices stay DENSE_BLOCK_SCORES
+    parts = [dense_topk(db, q[i: i + max_queries], k, block_rows)
+             for i in range(0, len(q), max_queries)]
+    return np.concatenate([s for s, _ in parts]), np.concatenate([r for _, r in parts])
   # Large blocks keep BLAS efficient; small queries batches scan the whole index in one call.
-  block_rows = block_rows or max(16384, DENSE_BLOCK_SCORES // len(q))
+  block_rows = block_rows or max(MIN_BLOCK_ROWS, DENSE_BLOCK_SCORES // len(q))
   best_s = np.full((len(q), k), -np.inf, np.float32)
   best_i = np.full((len(q), k), -1, np.int64)
   for lo in range(0, len(db), block_rows):

@@ -99,3 +99,69 @@ def test_index_search_append_and_refusals(run_dir, shared_data, tmp_path, capsys
     f.write(b"\x00\x01\x02")
   assert rsjax("search", out, "a lake") == 2
   assert "chunk_00001.npz is corrupt" in capsys.readouterr().err
+
+
+def test_interrupted_index_run_resumes_instead_of_restarting(run_dir, shared_data, tmp_path,
+                                                             capsys, monkeypatch):
+  base = ["--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint", run_dir, "--quiet",
+          "--images", shared_data / "rsicd_samples", "--chunk-size", 16]
+  whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+  assert rsjax("index", *base, "--out", whole) == 0
+
+  written = []
+  real_write = index.write_chunk
+
+  def killed_after_two_chunks(*args, **kwargs):
+    if len(written) == 2:
+      raise KeyboardInterrupt("killed while encoding the third chunk")
+    written.append(args[2])
+    return real_write(*args, **kwargs)
+
+  monkeypatch.setattr(index, "write_chunk", killed_after_two_chunks)
+  with pytest.raises(KeyboardInterrupt):
+    rsjax("index", *base, "--out", resumed)
+  monkeypatch.setattr(index, "write_chunk", real_write)
+  capsys.readouterr()
+  # The unfinished index is usable, says so, and is not mistaken for a finished one.
+  assert rsjax("search", resumed, "a stadium", "--k", 3) == 0
+  assert "unfinished (32 of 53 images)" in capsys.readouterr().err
+  assert rsjax("index", *base[:-4], "--images", shared_data / "ucm_captions_samples", "--chunk-size",
+               16, "--out", resumed) == 2
+  assert "unfinished index run of another image list" in capsys.readouterr().err
+
+  assert rsjax("index", *base, "--out", resumed) == 0  # the same command again
+  out = capsys.readouterr().out
+  assert "resuming an unfinished run of these 53 images at image 32" in out
+  assert "21 images added, 53 in 4 chunk(s)" in out
+  a, b = index.load(str(whole)), index.load(str(resumed))
+  assert a.paths == b.paths and "building" not in b.meta
+  np.testing.assert_array_equal(a.dense, b.dense)
+  np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_empty_query_is_refused(run_dir, shared_data, tmp_path, capsys):
+  out = tmp_path / "idx"
+  assert rsjax("index", "--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint", run_dir,
+               "--quiet", "--images", shared_data / "ucm_captions_samples", "--out", out) == 0
+  assert rsjax("search", out, "a lake", "  ") == 2
+  assert "query 2 is empty" in capsys.readouterr().err
+
+
+def test_query_batch_of_any_size_keeps_the_score_matrix_bounded(monkeypatch):
+  """A query batch far larger than one score block is split; results equal the NumPy reference."""
+  from rsjax import search
+  rng = np.random.default_rng(0)
+  db = rng.standard_normal((3000, 16)).astype(np.float32)
+  queries = rng.standard_normal((700, 16)).astype(np.float32)
+  monkeypatch.setattr(search, "DENSE_BLOCK_SCORES", 100 * 1000)
+  monkeypatch.setattr(search, "MIN_BLOCK_ROWS", 1000)  # -> at most 100 queries x 1000 rows a block
+  biggest = []
+  real_select = search.kernels.dense_select_block
+  monkeypatch.setattr(search.kernels, "dense_select_block",
+                      lambda s, *a: (biggest.append(s.size), real_select(s, *a))[1])
+  scores, rows = search.dense_topk(db, queries, 5)
+  assert max(biggest) <= 100 * 1000
+  full = queries @ db.T
+  expected = np.argsort(-full, axis=1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(rows, expected)
+  np.testing.assert_allclose(scores, np.take_along_axis(full, expected, 1), rtol=1e-5)

@@ -19,9 +19,13 @@ def run(args) -> int:
   try:
     tokenizer = evaluate.tokenizer_path(args.checkpoint, args.tokenizer)
     paths = search_inputs.list_images(args.images)
-    if args.append and not os.path.exists(os.path.join(args.out, "index.json")):
+    if args.chunk_size < 1:
+      raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    resume = _unfinished_run(args.out, paths)
+    exists = os.path.exists(os.path.join(args.out, "index.json"))
+    if resume is None and args.append and not exists:
       raise index.IndexFileError(f"--append: {args.out} holds no index yet")
-    if not args.append and os.path.exists(os.path.join(args.out, "index.json")):
+    if resume is None and not args.append and exists:
       raise index.IndexFileError(f"{args.out} already holds an index; pass --append to add to "
                                  "it, or choose another --out")
   except (FileNotFoundError, ValueError) as e:
@@ -29,40 +33,74 @@ def run(args) -> int:
     return 2
   mesh = parallel.make_mesh(config)
   model, params, step = evaluate.load_model(config, args.checkpoint, mesh)
-  if args.append:  # refuse a mismatched model before encoding anything
+  identity = index.model_identity(config, evaluate.checkpoint_dir(args.checkpoint), step, params,
+                                  tokenizer)
+  if exists:  # refuse a mismatched model before encoding anything
     try:
-      index._check_identity(index.read_meta(args.out), index.model_identity(
-          config, evaluate.checkpoint_dir(args.checkpoint), step, params, tokenizer), args.out)
+      index._check_identity(index.read_meta(args.out), identity, args.out)
     except index.IndexFileError as e:
       print(f"rsjax index: {e}", file=sys.stderr)
       return 2
+  done = resume or 0
+  if done:
+    print(f"index {args.out}: resuming an unfinished run of these {len(paths)} images at image "
+          f"{done}", flush=True)
   enc_img, _ = evaluate.encoders(model)
   hash_img = evaluate.hash_encoders(model)[0] if config.model.hashing.bits else None
   size = config.data.image_size
-  dense, codes = [], []
-  with jax.set_mesh(mesh), tqdm(total=len(paths), unit="img", desc="index",
+  building = {"images_digest": index.images_digest(paths), "total": len(paths)}
+  meta = None
+  # One chunk per --chunk-size images, each written atomically with index.json last: a run that
+  # is interrupted keeps every finished chunk, and the same command resumes after the last one.
+  with jax.set_mesh(mesh), tqdm(total=len(paths), initial=done, unit="img", desc="index",
                                 disable=args.quiet) as bar:
-    for batch in search_inputs.batches(paths, size, args.batch_size):
-      dense.append(evaluate.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
-      if hash_img is not None:
-        codes.append(evaluate.encode_in_batches(hash_img, params, batch, args.batch_size,
-                                                mesh).astype(np.uint8))
-      bar.update(len(batch))
-  identity = index.model_identity(config, evaluate.checkpoint_dir(args.checkpoint), step, params,
-                                  tokenizer)
-  try:
-    meta = index.write_chunk(args.out, identity, paths, np.concatenate(dense),
-                             np.concatenate(codes) if codes else None, args.dtype,
-                             append=args.append)
-  except index.IndexFileError as e:
-    print(f"rsjax index: {e}", file=sys.stderr)
+    for lo in range(done, len(paths), args.chunk_size):
+      chunk_paths = paths[lo: lo + args.chunk_size]
+      dense, codes = [], []
+      for batch in search_inputs.batches(chunk_paths, size, args.batch_size):
+        dense.append(evaluate.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
+        if hash_img is not None:
+          codes.append(evaluate.encode_in_batches(hash_img, params, batch, args.batch_size,
+                                                  mesh).astype(np.uint8))
+        bar.update(len(batch))
+      finished = lo + len(chunk_paths) == len(paths)
+      try:
+        meta = index.write_chunk(
+            args.out, identity, chunk_paths, np.concatenate(dense),
+            np.concatenate(codes) if codes else None, args.dtype,
+            append=os.path.exists(os.path.join(args.out, "index.json")),
+            building=None if finished else {**building, "done": lo + len(chunk_paths)})
+      except index.IndexFileError as e:
+        print(f"rsjax index: {e}", file=sys.stderr)
+        return 2
+  if meta is None:
+    print(f"rsjax index: no images to add in {args.images}", file=sys.stderr)
     return 2
   total = sum(c["rows"] for c in meta["chunks"])
-  print(f"index {args.out}: {len(paths)} images added, {total} in {len(meta['chunks'])} chunk(s); "
+  print(f"index {args.out}: {len(paths) - done} images added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "
         f"{'%d-bit codes' % meta['bits'] if meta['bits'] else 'no binary codes'}; "
         f"model step {step}")
   return 0
+
+
+def _unfinished_run(out: str, paths: list[str]) -> int | None:
+  """Images already indexed by an interrupted run of the same image list into `out`, else None.
+
+  An unfinished run of another image list is refused: resuming it with these images would mix
+  the two."""
+  from rsjax import index
+
+  if not os.path.exists(os.path.join(out, "index.json")):
+    return None
+  building = index.read_meta(out).get("building")
+  if building is None:
+    return None
+  if building["images_digest"] != index.images_digest(paths):
+    raise index.IndexFileError(
+        f"{out} holds an unfinished index run of another image list ({building['done']} of "
+        f"{building['total']} images); rerun that command to finish it, or choose another --out")
+  return int(building["done"])
 
 
 def register(sub) -> None:
@@ -78,6 +116,8 @@ def register(sub) -> None:
   p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
                  help="storage of the dense vectors (default float16)")
   p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--chunk-size", type=int, default=20000,
+                 help="images per chunk file; an interrupted run resumes after the last chunk")
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer.model for queries (default: the one in the run's workdir)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,6 +18,11 @@ def run(args) -> int:
   if args.k < 1 or args.rerank < 0:
     print("rsjax search: --k must be >= 1 and --rerank >= 0", file=sys.stderr)
     return 2
+  empty = [i + 1 for i, q in enumerate(args.query) if not q.strip()]
+  if empty:
+    print(f"rsjax search: query {', '.join(map(str, empty))} is empty; give some text to search "
+          "for", file=sys.stderr)
+    return 2
   try:
     idx = index.load(args.index, verify=not args.no_verify)
     meta = idx.meta["model"]
@@ -29,6 +34,10 @@ def run(args) -> int:
   except (index.IndexFileError, FileNotFoundError) as e:
     print(f"rsjax search: {e}", file=sys.stderr)
     return 2
+  if "building" in idx.meta:
+    b = idx.meta["building"]
+    print(f"rsjax search: warning: index {args.index} is unfinished ({b['done']} of {b['total']} "
+          "images); rerun its `rsjax index` command to finish it", file=sys.stderr)
   config = ml_collections.ConfigDict(meta["config"])
   mesh = parallel.make_mesh(config)
   model, params, step = evaluate.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
