@@ -280,7 +280,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
     log(f"resumed from checkpoint at step {start}")
   elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
     from rsjax.convert import load_init_params
-    abstract, shardings = state_layout(model, tx, config, mesh)
     params = load_init_params(config.init.checkpoint, config, abstract.params, log)
     state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                     out_shardings=shardings)(params)
