@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rsjax.data import augment, records, stream, webscale
+from rsjax.data import augment, records, stream, tfds_builders, webscale
 
 
 def _jpegs(shared_data, n):
@@ -120,3 +120,24 @@ def test_parquet_with_image_folder_streams_into_the_pipeline(shared_data, tmp_pa
   batch = stream.train_dataset(webscale.ConvertedSource(str(tmp_path / "o2")), spec, 4, 0)[0]
   assert batch["image"].shape == (4, 16, 16, 3) and batch["tokens"].shape == (4, 8)
   assert np.all(batch["tokens"][:, 0] != 0)
+
+
+def test_converted_corpus_trains_with_rsjax_train(shared_data, tmp_path):
+  """data.name="webscale" (the pretraining configs' data): a converted corpus streams through the
+  trainer, with retrieval evaluation on a prepared held-out set."""
+  import jax
+  from helpers import tiny_config
+  from rsjax.train import train
+  webscale.convert("webdataset", _corpus(shared_data, tmp_path), str(tmp_path / "corpus"),
+                   shard_size=2, skip_bad_records=True, progress=False)
+  tfds_builders.prepare("rsicd_samples", str(shared_data / "rsicd_samples"), str(tmp_path / "held"))
+  config = tiny_config("train.steps=2", "train.batch_size=4", "eval.batch_size=8",
+                       "eval.at_step0=False", "model.text.vocab_size=49408")
+  with config.unlocked():
+    config.data = {"name": "webscale", "converted_dir": str(tmp_path / "corpus"),
+                   "tokenizer_path": "clip_bpe", "image_size": 32,
+                   "augment": {"crop_scale_min": 0.5, "dihedral": True, "color_jitter": 0.0},
+                   "num_workers": 0, "prefetch": 2, "eval_builder": "rsicd_samples",
+                   "eval_data_dir": str(tmp_path / "held")}
+  results = train(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+  assert results["step"] == 2 and 0 <= results["mR"] <= 100

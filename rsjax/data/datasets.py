@@ -139,7 +139,13 @@ def load_prepared(*args, **kwargs) -> RetrievalData:
   return load(*args, **kwargs)
 
 
-LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated, "tfds": load_prepared}
+def load_webscale(*args, **kwargs) -> RetrievalData:
+  from rsjax.data.prepared import load_webscale as load
+  return load(*args, **kwargs)
+
+
+LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated, "tfds": load_prepared,
+           "webscale": load_webscale}
 
 
 def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,

@@ -144,3 +144,35 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
       ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
 
   return streaming_data(train_source, spec, data, eval_splits, tokenizer)
+
+
+def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length: int,
+                  vocab_size: int, progress: bool = True) -> StreamingRetrievalData:
+  """data.name="webscale": a corpus converted by `rsjax data convert` (RS5M / SkyScript style),
+  streamed for training; retrieval evaluation on a prepared set (data.eval_builder in
+  data.eval_data_dir, "" for none).
+
+  The tokenizer must be chosen up front (data.tokenizer_path: "clip_bpe" or a SentencePiece model
+  from `rsjax data tokenizer`): reading millions of captions to train one here is not done."""
+  from rsjax.data import webscale
+
+  source = webscale.ConvertedSource(data.converted_dir)
+  model_path = data.get("tokenizer_path", "")
+  if not model_path:
+    raise ValueError("config key 'data.tokenizer_path': a converted corpus needs a tokenizer named "
+                     "up front ('clip_bpe', or a model made by `rsjax data tokenizer`)")
+  tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
+  spec = spec_from_config(data, context_length, model_path)
+  eval_splits = {}
+  if data.get("eval_builder", ""):
+    held_out = ml_collections.ConfigDict({"data_dir": data.eval_data_dir,
+                                          "builder": data.eval_builder, "version": ""})
+    builder = tfds_builders.load_prepared(prepared_dir(held_out))
+    for split in builder.info.splits:
+      if split != "train":
+        images, caps = _eval_arrays(builder.as_data_source(split), spec)
+        eval_splits[split] = _eval_split(tokenizer, images, caps, context_length)
+  log(f"data {data.converted_dir}: {len(source)} records (streamed); evaluation: "
+      + (", ".join(f"{data.eval_builder} {s} {len(e.images)} images"
+                   for s, e in eval_splits.items()) or "none"))
+  return streaming_data(source, spec, data, eval_splits, tokenizer)
