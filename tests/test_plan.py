@@ -62,6 +62,7 @@ def test_plan_memory_is_the_compiled_memory_analysis(tmp_path, capsys):
   assert "NVIDIA H100 SXM" in text and "activations + temporaries" in text
   assert f"| activations + temporaries | {mem.temp_size_in_bytes / 2 ** 20:.1f} |" in text
   assert "989 TFLOP/s" in text  # the peak and its source are stated
+  assert result["notes"] == [] and "note: tensor > 1" in text  # fits; says how to read FLOPs
 
 
 def test_plan_counts_every_scanned_layer():
