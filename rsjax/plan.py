@@ -152,10 +152,15 @@ def _lower(config, mesh):
 
 
 def with_mesh(config, mesh: tuple[int, int, int]):
-  """A copy of `config` whose mesh section is `mesh` (data, fsdp, tensor)."""
+  """A copy of `config` whose mesh section is `mesh` (data, fsdp, tensor).
+
+  A multi-slice split of `data` (mesh.dcn_data) changes which links carry the all-reduce, not what
+  each device holds or computes, so the plan lays the fake devices out as one slice."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+    if "dcn_data" in config.mesh:
+      config.mesh.dcn_data = 1
   return config
 
 
