@@ -30,9 +30,9 @@ def pretrain_config(model_name: str, arg: str | None, remat: dict[str, str]) -> 
   _, devices = SLICES[slice_name]
   c = ml_collections.ConfigDict()
 
-  # The corpus after `rsjax data convert TARS... --out DIR`. NOTE: the converted-corpus reader
-  # (rsjax.data.webscale.ConvertedSource) is not yet selectable by data.name in
-  # rsjax/data/datasets.py LOADERS; these keys name what such a loader needs.
+  # The corpus after `rsjax data convert webdataset TARS... --out DIR` (data.name="webscale", keys
+  # in rsjax/data/prepared.py load_webscale), streamed by grain; retrieval evaluation on a set
+  # prepared with `rsjax data prepare rsicd ... --data-dir data/prepared`.
   c.data = dict(
       name="webscale",
       converted_dir=args.get("data_dir", "data/rs5m_converted"),
