@@ -45,27 +45,38 @@ def _hamming(db, row, q):
   return d
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _block_distances(db, q, lo, hi, buf):
-  """Distances of rows [lo, hi) into buf[:hi-lo]. The common word counts get loops with a fixed
-  body, which LLVM vectorises across rows (AVX2 popcount); others take the generic loop."""
+  """Distances of rows [lo, hi) into buf[:hi-lo] (int32); returns the smallest, found in the same
+  pass. The common word counts get loops with a fixed body, which LLVM vectorises across rows;
+  others take the generic loop."""
   words = db.shape[1]
+  nearest = np.int32(1 << 30)
   if words == 1:
     q0 = q[0]
     for i in range(lo, hi):
-      buf[i - lo] = _popcount64(db[i, 0] ^ q0)
+      d = np.int32(_popcount64(db[i, 0] ^ q0))
+      buf[i - lo] = d
+      nearest = min(nearest, d)
   elif words == 2:
     q0, q1 = q[0], q[1]
     for i in range(lo, hi):
-      buf[i - lo] = _popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1)
+      d = np.int32(_popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1))
+      buf[i - lo] = d
+      nearest = min(nearest, d)
   elif words == 4:
     q0, q1, q2, q3 = q[0], q[1], q[2], q[3]
     for i in range(lo, hi):
-      buf[i - lo] = (_popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1)
-                     + _popcount64(db[i, 2] ^ q2) + _popcount64(db[i, 3] ^ q3))
+      d = np.int32(_popcount64(db[i, 0] ^ q0) + _popcount64(db[i, 1] ^ q1)
+                   + _popcount64(db[i, 2] ^ q2) + _popcount64(db[i, 3] ^ q3))
+      buf[i - lo] = d
+      nearest = min(nearest, d)
   else:
     for i in range(lo, hi):
-      buf[i - lo] = _hamming(db, i, q)
+      d = np.int32(_hamming(db, i, q))
+      buf[i - lo] = d
+      nearest = min(nearest, d)
+  return nearest
 
 
 SCAN_ROWS = 256  # rows whose distances are computed together before the (rare) selection step
@@ -81,13 +92,10 @@ def _scan_binary(db, q, lo, hi, k, buckets, fill, count, state):
   """
   t = state[0]
   total = state[1]
-  buf = np.empty(SCAN_ROWS, np.uint64)
+  buf = np.empty(SCAN_ROWS, np.int32)
   for start in range(lo, hi, SCAN_ROWS):
     stop = min(hi, start + SCAN_ROWS)
-    _block_distances(db, q, start, stop, buf)
-    nearest = buf[0]
-    for j in range(1, stop - start):
-      nearest = min(nearest, buf[j])
+    nearest = _block_distances(db, q, start, stop, buf)
     if nearest > t:
       continue
     for j in range(stop - start):
