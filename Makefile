@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test browser bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/rsjax train --config configs/smoke.py --workdir $(DEMO_DIR)
 
-test: install
+# tests/test_report.py opens the HTML report in headless Chromium: installed here from Debian's
+# packages when missing and running as root (CI), else named so that the user can install it.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make: headless Chromium is missing (apt-get install chromium); tests/test_report.py needs it"
+
+test: install browser
 	$(PY) -m pytest -q tests
 
 clean:
