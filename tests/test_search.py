@@ -20,7 +20,7 @@ def ref_topk(values: np.ndarray, k: int, descending: bool):
   return np.take_along_axis(values, order, 1), order
 
 
-@pytest.mark.parametrize("nbytes", [2, 8, 24, 32])  # 16, 64, 192 and 256 bits
+@pytest.mark.parametrize("nbytes", [2, 8, 24, 32, 40])  # 16, 64, 192, 256, 320 bits
 @pytest.mark.parametrize("n_q", [1, 3, 17])
 def test_hamming_topk_matches_reference(nbytes, n_q):
   rng = np.random.default_rng(nbytes * 100 + n_q)
