@@ -12,17 +12,13 @@ The data keys are documented in rsjax/data/annotated.py. The model is the smoke 
 
 import os
 
-from rsjax.config import parse_arg
+from rsjax.config import config_module, parse_arg
 
 SMOKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke.py")
 
 
 def _smoke_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("rsjax_smoke_config", SMOKE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_module("smoke.py", __file__).get_config()
 
 
 def _default_path() -> str:

@@ -19,22 +19,14 @@ Arguments after the colon (comma-separated):
   runlocal     a few steps at batch 8 for checking the path works
 """
 
-import json
-import os
-
 import ml_collections
 
-from rsjax.config import parse_arg
+from rsjax.config import config_module, parse_arg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _smoke_config() -> ml_collections.ConfigDict:
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("rsjax_smoke_config", os.path.join(HERE, "smoke.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_module("smoke.py", __file__).get_config()
 
 
 def _model(args: dict) -> tuple[ml_collections.ConfigDict, int, str]:

@@ -7,13 +7,11 @@ The recipe and its source are in configs/finetune_clip_common.py. path= defaults
 dataset_RSITMD.json under $RSJAX_DATA (default ./data).
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "finetune_clip_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune_clip_common.py"))
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
+from rsjax.config import config_module
+
+_common = config_module("finetune_clip_common.py", __file__)
 
 DATA = os.environ.get("RSJAX_DATA", "data")
 

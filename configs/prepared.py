@@ -11,19 +11,13 @@ metadata.json) instead of mapping pixels to [-1, 1].
 The data keys are documented in rsjax/data/prepared.py.
 """
 
-import importlib.util
-import os
 
-from rsjax.config import parse_arg
+from rsjax.config import config_module, parse_arg
 
-SMOKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smoke.py")
 
 
 def _smoke_config():
-  spec = importlib.util.spec_from_file_location("rsjax_smoke_config", SMOKE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_module("smoke.py", __file__).get_config()
 
 
 def get_config(arg=None):

@@ -16,21 +16,11 @@ FLOPs per step; 149.6M parameters; the cheapest policy that fits wins):
                         full   17.0 GiB of 95 (18%)      78.1         77,046
 """
 
-import importlib.util
-import os
-
-_COMMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_common.py")
+from rsjax.config import config_module
 
 # slice -> remat policy chosen with `rsjax plan` (the table above).
 REMAT = {"v5e-256": "full", "v5p-128": "dots"}
 
 
-def _common():
-  spec = importlib.util.spec_from_file_location("rsjax_pretrain_common", _COMMON)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  return _common().pretrain_config("ViT-B-16", arg, REMAT)
+  return config_module("pretrain_common.py", __file__).pretrain_config("ViT-B-16", arg, REMAT)

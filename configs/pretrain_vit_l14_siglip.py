@@ -16,21 +16,11 @@ FLOPs per step; 427.6M parameters; the cheapest policy that fits wins):
                         full     9.1 GiB of 16 (57%)       83.2       31,035   <- chosen
 """
 
-import importlib.util
-import os
-
-_COMMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_common.py")
+from rsjax.config import config_module
 
 # slice -> remat policy chosen with `rsjax plan` (the table above).
 REMAT = {"v5e-256": "full", "v5p-128": "full"}
 
 
-def _common():
-  spec = importlib.util.spec_from_file_location("rsjax_pretrain_common", _COMMON)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None):
-  return _common().pretrain_config("ViT-L-14", arg, REMAT)
+  return config_module("pretrain_common.py", __file__).pretrain_config("ViT-L-14", arg, REMAT)

@@ -31,14 +31,24 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return out
 
 
+def config_module(path: str, beside: str | None = None):
+  """Imports a config file as a module. `beside`: a config's own __file__, to name a sibling file
+  (configs build on each other: `config_module("smoke.py", __file__).get_config()`)."""
+  if beside is not None:
+    path = os.path.join(os.path.dirname(os.path.abspath(beside)), path)
+  name = "rsjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   """Loads `path.py[:arg]`, applies `key=value` overrides, validates, returns a locked ConfigDict."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("rsjax_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = config_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg)")
   config = module.get_config(arg or None)
