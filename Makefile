@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` and `make test`. Both go through `make install`.
+# The README's two commands: `make demo` (runtime install, then the demo run) and `make test`.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,14 +9,19 @@ DEMO_DIR ?= runs/demo
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Stamp file: reinstall only when the dependency list changes.
+# Stamp files: reinstall only when the dependency list changes. The demo needs only the runtime
+# dependencies (PyTorch and FAISS, test and benchmark references, take minutes to install).
+$(VENV)/.installed-runtime: pyproject.toml | $(PY)
+	$(PY) -m pip install -qq -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -qq -e ".[test,bench]"
-	touch $@
+	touch $@ $(VENV)/.installed-runtime
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-runtime
 	$(VENV)/bin/rsjax train --config configs/smoke.py --workdir $(DEMO_DIR)
 
 # tests/test_report.py opens the HTML report in headless Chromium: installed here from Debian's
