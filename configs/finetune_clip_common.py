@@ -25,6 +25,14 @@ from rsjax.config import config_module, parse_arg
 
 
 
+def _vocab_beside(init: str) -> str:
+  import os
+
+  from rsjax.convert import VOCAB_NAME
+  path = os.path.join(init, VOCAB_NAME) if init else ""
+  return path if path and os.path.isfile(path) else "clip_bpe"
+
+
 def _smoke_config() -> ml_collections.ConfigDict:
   return config_module("smoke.py", __file__).get_config()
 
@@ -60,7 +68,9 @@ def finetune_config(arg, dataset: dict) -> ml_collections.ConfigDict:
       max_value=0.0,
       train_split="train",
       skip_bad_records=False,
-      tokenizer_path="clip_bpe",  # CLIP's BPE, as the converted weights were trained with
+      # CLIP's BPE, as the converted weights were trained with: the merges file `rsjax convert`
+      # copied beside them, else one found by rsjax.data.clip_tokenizer.find_vocab.
+      tokenizer_path=_vocab_beside(init),
   )
   c.train.update(
       steps=dataset["steps"],

@@ -36,6 +36,7 @@ FORMAT = "rsjax-converted-clip"
 INFO_FILE = "converted.json"
 PARAMS_DIR = "params"
 TOKENIZER_PATH = "clip_bpe"  # data.tokenizer_path value selecting rsjax's CLIP BPE tokenizer
+VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"  # the merges file copied into a converted folder
 # Scalars OpenAI's original checkpoints carry besides the weights; checked against the shapes.
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 # Non-weights a state dict may hold, each checked rather than placed: OpenAI's scalars, and the
@@ -515,6 +516,8 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
       ckptr.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(_nest(params)))
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1)
+    # The tokenizer's merges travel with the weights, so training needs no open_clip install.
+    shutil.copyfile(tokenizer.path, os.path.join(tmp, VOCAB_NAME))
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.replace(tmp, out_dir)

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from rsjax.data.clip_tokenizer import VOCAB_FILE, VOCAB_SHA256, ClipTokenizer, file_sha256
+from rsjax.data.clip_tokenizer import VOCAB_SHA256, ClipTokenizer, file_sha256, find_vocab
 from rsjax.data.datasets import tokenizer_for
 from torchvision_shim import import_open_clip
 
@@ -67,7 +67,7 @@ def test_bundled_merges_are_openais_and_open_clips(tokenizers):
   open_clip = import_open_clip()
   from open_clip.tokenizer import default_bpe
 
-  assert file_sha256(VOCAB_FILE) == VOCAB_SHA256 == file_sha256(default_bpe())
+  assert file_sha256(find_vocab()) == VOCAB_SHA256 == file_sha256(default_bpe())
   assert tokenizers[0].vocab_size == 49408
 
 

@@ -6,8 +6,10 @@ printable symbols and merged by the ranked BPE merges; the ids are framed as
 [<start_of_text>, ..., <end_of_text>] and padded with 0 to the context length (77). A caption that
 is too long is cut and its last id replaced by <end_of_text>, so the text tower always pools it.
 
-The merges file (clip_bpe_simple_vocab_16e6.txt.gz, MIT, OpenAI) ships beside this module; see
-clip_bpe_LICENSE.txt for its source and checksum. Note that id 0 is both the padding and the
+The merges file (bpe_simple_vocab_16e6.txt.gz, MIT, OpenAI) is not copied into rsjax: `find_vocab`
+takes it from $RSJAX_CLIP_VOCAB, or from an installed open_clip package (found without importing
+it, so torch is not loaded), and `rsjax convert` copies it into each converted folder, whose
+configs then use that copy. Note that id 0 is both the padding and the
 symbol '!': the CLIP text tower pools the end-of-text id by position of the largest id
 (`model.text.pool="argmax"`) and so never confuses the two.
 """
@@ -18,6 +20,7 @@ import functools
 import gzip
 import hashlib
 import html
+import importlib.util
 import os
 from typing import Sequence
 
@@ -25,8 +28,7 @@ import ftfy
 import numpy as np
 import regex
 
-VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "clip_bpe_simple_vocab_16e6.txt.gz")
+VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 CONTEXT_LENGTH = 77
 START, END = "<start_of_text>", "<end_of_text>"
@@ -64,10 +66,25 @@ def file_sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def find_vocab() -> str:
+  """Path of CLIP's merges file: $RSJAX_CLIP_VOCAB, else the copy an installed open_clip ships."""
+  if os.environ.get("RSJAX_CLIP_VOCAB"):
+    return os.environ["RSJAX_CLIP_VOCAB"]
+  spec = importlib.util.find_spec("open_clip")  # locates the package without running it
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    if os.path.isfile(os.path.join(folder, VOCAB_NAME)):
+      return os.path.join(folder, VOCAB_NAME)
+  raise FileNotFoundError(
+      f"CLIP's BPE merges file {VOCAB_NAME} was not found: `pip install open_clip_torch` (which "
+      "ships it), set RSJAX_CLIP_VOCAB to a copy, or point data.tokenizer_path at the copy in a "
+      "folder made by `rsjax convert`")
+
+
 class ClipTokenizer:
   """texts -> int32 ids [N, length] with CLIP's vocabulary (49408 ids; 49406 start, 49407 end)."""
 
-  def __init__(self, vocab_path: str = VOCAB_FILE):
+  def __init__(self, vocab_path: str | None = None):
+    vocab_path = vocab_path or find_vocab()
     if not os.path.isfile(vocab_path):
       raise FileNotFoundError(f"CLIP BPE merges file not found: {vocab_path}")
     self.path = vocab_path

@@ -84,8 +84,8 @@ def tokenizer_for(captions: list[str], workdir: str, vocab_size: int,
   workdir so that resumed runs and later `rsjax eval` calls tokenize identically.
   "clip_bpe" (or a CLIP merges file, *.txt.gz) selects CLIP's BPE, for converted CLIP weights."""
   if model_path == "clip_bpe" or model_path.endswith(".txt.gz"):
-    from rsjax.data.clip_tokenizer import VOCAB_FILE, ClipTokenizer
-    return ClipTokenizer(VOCAB_FILE if model_path == "clip_bpe" else model_path)
+    from rsjax.data.clip_tokenizer import ClipTokenizer
+    return ClipTokenizer(None if model_path == "clip_bpe" else model_path)
   if model_path:
     if not os.path.isfile(model_path):
       raise FileNotFoundError(f"config key 'data.tokenizer_path': no tokenizer model at {model_path}")
