@@ -24,6 +24,9 @@ from jax.sharding import PartitionSpec as P
 from rsjax import search_kernels as kernels
 
 DENSE_BLOCK_SCORES = 1 << 24  # scores per BLAS call ([Q, rows] float32, 64 MiB)
+# Query batches at least this many per thread share each database block (turned word-major once
+# for all of them); smaller batches scan the rows in place, split across threads.
+GROUPED_QUERIES_PER_THREAD = 4
 MIN_BLOCK_ROWS = 16384  # index rows per BLAS call at the least (query batches are split to fit)
 
 
@@ -73,12 +76,12 @@ def hamming_topk(db_words: np.ndarray, query_words: np.ndarray, k: int,
   bits = int(bits or 64 * db.shape[1])
   threads = kernels.num_threads()
   n_q = len(q)
-  if n_q >= threads:
+  if n_q >= GROUPED_QUERIES_PER_THREAD * threads:
     out_d = np.full((n_q, k), -1, np.int32)
     out_i = np.full((n_q, k), -1, np.int64)
     kernels.hamming_topk_grouped(db, q, k, bits, min(n_q, threads), out_d, out_i)
     return out_d, out_i
-  # Few queries: split the rows so that every thread works, then merge the per-chunk top-k.
+  # Few queries: each (query, row chunk) is a task; the rows are split so that every thread works, then merge the per-chunk top-k.
   n_chunks = max(1, min(threads * 2 // max(n_q, 1), len(db) // 4096 or 1))
   out_d = np.full((n_q, n_chunks, k), -1, np.int32)
   out_i = np.full((n_q, n_chunks, k), -1, np.int64)

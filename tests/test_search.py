@@ -38,10 +38,11 @@ def test_hamming_topk_matches_reference(nbytes, n_q):
     np.testing.assert_array_equal(got_d, want_d)
 
 
-def test_hamming_topk_k_larger_than_index():
+@pytest.mark.parametrize("n_q", [2, 17])  # row-split and grouped (word-major) kernels
+def test_hamming_topk_k_larger_than_index(n_q):
   rng = np.random.default_rng(1)
   db = rng.integers(0, 256, size=(5, 8), dtype=np.uint8)
-  q = rng.integers(0, 256, size=(2, 8), dtype=np.uint8)
+  q = rng.integers(0, 256, size=(n_q, 8), dtype=np.uint8)
   d, i = search.hamming_topk(search.pack_words(db), search.pack_words(q), 8)
   want_d, want_i = ref_topk(ref_hamming(db, q), 5, descending=False)
   np.testing.assert_array_equal(i[:, :5], want_i)
