@@ -50,7 +50,8 @@ def measure(config, steps: int) -> dict:
   b, s, length = config.train.batch_size, config.data.image_size, config.model.text.context_length
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
-           "tokens": rng.integers(4, 200, (b, length)).astype(np.int32)}
+           "tokens": rng.integers(4, 200, (b, length)).astype(np.int32),
+           "label": rng.integers(0, 7, b).astype(np.int32)}  # read by train.positives="label"
   with jax.set_mesh(mesh):
     sharded = parallel.shard_batch(batch, mesh)
     compiled = step_fn.lower(state, sharded).compile()

@@ -55,6 +55,12 @@ def get_config(arg=None):
       triplet_margin=0.2,
       # Hashing terms (used when model.hashing.bits > 0), see rsjax.losses.hashing_loss.
       hash_weights=dict(contrastive=0.0, similarity=1.0, quantization=0.1, balance=0.01),
+      # Code lengths below model.hashing.bits trained with the same loss on the leading bits,
+      # e.g. (16, 32) for a 64-bit head whose prefixes serve as 16- and 32-bit codes.
+      hash_prefix_bits=(),
+      # "pair": image i matches caption i only; "label": images and captions of the same class
+      # match too (label-only sets such as RSSCN7; clip / siglip losses).
+      positives="pair",
       hash_temperature=0.3,
       learning_rate=1.2e-3,
       warmup_steps=50,
@@ -80,7 +86,10 @@ def get_config(arg=None):
   )
 
   # every: evaluate on the val split every N steps (0: only at the end, on eval.split).
-  c.eval = dict(split="test", batch_size=500, at_step0=True, every=0)
+  # label_metrics: also zero-shot accuracy and mAP with relevance by class (labelled sets;
+  # templates: the class prompts, "" -> data.label_prompt).
+  c.eval = dict(split="test", batch_size=500, at_step0=True, every=0, label_metrics=False,
+                templates=())
 
   # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1). dcn_data: slices (TPU
   # multi-slice) or GPU nodes along `data`; rules: fsdp_tp | fsdp | tp | dp (see rsjax/parallel.py).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 
 from rsjax.evaluate import duch_query_split, hashing_metrics
@@ -79,3 +80,49 @@ def label_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarr
     out[f"i2i_map@{I2I_K}_{bits}bit"] = hashed[f"map@{I2I_K}"]
   return out
 
+
+
+def image_labels(split) -> np.ndarray | None:
+  """Per-image class ids [M] of an EvalSplit whose captions carry labels["scene"], else None."""
+  scene = split.labels.get("scene")
+  if scene is None:
+    return None
+  out = np.zeros(len(split.images), np.int64)
+  out[split.text_to_image] = scene
+  return out
+
+
+def evaluate_model(model, params, split, class_names, tokenizer, templates, mesh,
+                   batch_size: int, code_bits=(16, 32, 64)) -> dict:
+  """label_metrics of a trained TwoTower on one labelled split (rsjax.data.annotated sets).
+
+  templates: prompt templates with '{}' or '{label}' for the class name; codes are the leading
+  16/32/64 bits of the hashing head's codes (those not longer than model.hashing.bits)."""
+  from rsjax import evaluate  # the encoders; imported here to keep this module light
+
+  labels = image_labels(split)
+  if labels is None:
+    raise ValueError("this split has no class labels (labels['scene'])")
+  templates = tuple(t.replace("{label}", "{}") for t in templates)
+  enc_img, enc_txt = evaluate.encoders(model)
+  classes = evaluate.class_embeddings(enc_txt, params, tokenizer, class_names, templates,
+                                      model.config.text.context_length, mesh, batch_size)
+  with jax.set_mesh(mesh):
+    img = evaluate.encode_in_batches(enc_img, params, split.images, batch_size, mesh)
+  img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+  codes = {}
+  bits = model.config.hashing.bits
+  if bits:
+    h_img, _ = evaluate.hash_encoders(model)
+    with jax.set_mesh(mesh):
+      packed = evaluate.encode_in_batches(h_img, params, split.images, batch_size, mesh)
+    signs = evaluate.unpack_signs(packed.astype(np.uint8), bits)
+    codes = {b: signs[:, :b] for b in code_bits if b <= bits}
+  return label_metrics(img, labels, classes, codes)
+
+
+def format_line(m: dict) -> str:
+  """One log line of label_metrics."""
+  parts = [f"zero-shot top-1 {m['zero_shot_top1']:.2f}", f"t2i mAP {m['t2i_map']:.2f}"]
+  parts += [f"i2i {k.split('_', 2)[-1]} {v:.2f}" for k, v in m.items() if k.startswith("i2i_")]
+  return ", ".join(parts)

@@ -30,14 +30,23 @@ from rsjax.parallel import BATCH_AXES
 # --------------------------------------------------------------------------------------------------
 
 
-def clip_softmax_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array) -> jax.Array:
+def clip_softmax_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
+                      positives: jax.Array | None = None) -> jax.Array:
   """Symmetric InfoNCE (CLIP, Radford et al. 2021).
 
   image, text: [B, E]; logit_scale: scalar. Returns a scalar:
     logits = s * image @ text.T                                   [B, B]
     loss = 1/2 (mean_i CE(logits[i, :], i) + mean_j CE(logits[:, j], j))
+  positives: optional [B, B] bool (True on the diagonal at least), e.g. pairs of the same class.
+  Each row's target is then spread evenly over its positives (multi-positive InfoNCE, as in
+  UniCL / SupCon), so same-class captions are not pushed apart as negatives.
   """
   logits = logit_scale * (image @ text.T)  # [B, B]
+  if positives is not None:
+    pos = positives.astype(logits.dtype)
+    i2t = optax.softmax_cross_entropy(logits, pos / pos.sum(1, keepdims=True))
+    t2i = optax.softmax_cross_entropy(logits.T, pos.T / pos.sum(0)[:, None])
+    return 0.5 * (i2t.mean() + t2i.mean())
   labels = jnp.arange(logits.shape[0])
   i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
@@ -45,7 +54,7 @@ def clip_softmax_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array)
 
 
 def siglip_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
-                logit_bias: jax.Array) -> jax.Array:
+                logit_bias: jax.Array, positives: jax.Array | None = None) -> jax.Array:
   """Pairwise sigmoid loss (SigLIP, Zhai et al. 2023, Algorithm 1).
 
   image, text: [B, E]; logit_scale, logit_bias: scalars. Returns a scalar:
@@ -53,10 +62,11 @@ def siglip_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
     z_ij = +1 if i == j else -1
     loss = -sum_ij log_sigmoid(z_ij * logits_ij) / B
   Every pair is an independent binary problem, so no normalisation over the batch is needed;
-  dividing by B (not B^2) follows the paper.
+  dividing by B (not B^2) follows the paper. positives: optional [B, B] bool; z_ij = +1 there.
   """
   logits = logit_scale * (image @ text.T) + logit_bias  # [B, B]
-  labels = 2.0 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1.0
+  same = jnp.eye(logits.shape[0], dtype=bool) if positives is None else positives
+  labels = 2.0 * same.astype(logits.dtype) - 1.0
   return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
 
 
@@ -309,24 +319,40 @@ def sharded_siglip_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Arra
 # --------------------------------------------------------------------------------------------------
 
 
-def _clip(out: Mapping, mesh=None, axes=BATCH_AXES, **_) -> jax.Array:
+def _no_ring_positives(positives, mesh) -> None:
+  if positives is not None and mesh is not None:
+    raise ValueError("train.positives='label' needs the whole [B, B] logits: set "
+                     "train.loss_sharding='auto' (the ring loss takes pairs only)")
+
+
+def _pairs_only(name: str, positives) -> None:
+  if positives is not None:
+    raise ValueError(f"loss '{name}' takes pairs only; train.positives='label' works with "
+                     "'clip' and 'siglip'")
+
+
+def _clip(out: Mapping, mesh=None, axes=BATCH_AXES, positives=None, **_) -> jax.Array:
+  _no_ring_positives(positives, mesh)
   if mesh is not None:
     return sharded_clip_loss(out["image"], out["text"], out["logit_scale"], mesh, axes)
-  return clip_softmax_loss(out["image"], out["text"], out["logit_scale"])
+  return clip_softmax_loss(out["image"], out["text"], out["logit_scale"], positives)
 
 
-def _siglip(out: Mapping, mesh=None, axes=BATCH_AXES, **_) -> jax.Array:
+def _siglip(out: Mapping, mesh=None, axes=BATCH_AXES, positives=None, **_) -> jax.Array:
+  _no_ring_positives(positives, mesh)
   if mesh is not None:
     return sharded_siglip_loss(out["image"], out["text"], out["logit_scale"], out["logit_bias"],
                                mesh, axes)
-  return siglip_loss(out["image"], out["text"], out["logit_scale"], out["logit_bias"])
+  return siglip_loss(out["image"], out["text"], out["logit_scale"], out["logit_bias"], positives)
 
 
-def _triplet_hardest(out: Mapping, margin: float = 0.2, **_) -> jax.Array:
+def _triplet_hardest(out: Mapping, margin: float = 0.2, positives=None, **_) -> jax.Array:
+  _pairs_only("triplet_hardest", positives)
   return triplet_loss(out["image"], out["text"], margin, "hardest")
 
 
-def _triplet_sum(out: Mapping, margin: float = 0.2, **_) -> jax.Array:
+def _triplet_sum(out: Mapping, margin: float = 0.2, positives=None, **_) -> jax.Array:
+  _pairs_only("triplet_sum", positives)
   return triplet_loss(out["image"], out["text"], margin, "sum")
 
 
@@ -340,16 +366,18 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 
 
 def contrastive_loss(name: str, outputs: Mapping, *, mesh=None, axes=BATCH_AXES,
-                     margin: float = 0.2) -> jax.Array:
+                     margin: float = 0.2, positives: jax.Array | None = None) -> jax.Array:
   """Dispatches by config name.
 
   outputs: {"image": [B, E], "text": [B, E], "logit_scale": scalar, "logit_bias": scalar}.
   mesh: when given, "clip" and "siglip" use the exact ring-sharded versions over `axes` (the batch
   must be sharded over them); the triplet losses ignore it. margin: the triplet margin.
+  positives: optional [B, B] bool of matching (image, text) pairs beyond the diagonal (clip and
+  siglip only, not with the ring).
   """
   if name not in LOSSES:
     raise ValueError(f"unknown loss '{name}', choose from {sorted(LOSSES)}")
-  return LOSSES[name](outputs, mesh=mesh, axes=axes, margin=margin)
+  return LOSSES[name](outputs, mesh=mesh, axes=axes, margin=margin, positives=positives)
 
 
 HASHING_TERMS = ("contrastive", "similarity", "quantization", "balance")

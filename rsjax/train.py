@@ -128,6 +128,14 @@ def split_micro_batches(x: jax.Array, k: int, mesh=None) -> jax.Array:
   return micro
 
 
+def positives_by_label(t: ml_collections.ConfigDict) -> bool:
+  """train.positives: "pair" (only image i matches caption i) or "label" (same class matches)."""
+  positives = t.get("positives", "pair")
+  if positives not in ("pair", "label"):
+    raise ValueError(f"config key 'train.positives': unknown {positives!r} (use pair or label)")
+  return positives == "label"
+
+
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh=None) -> Callable:
   """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
@@ -153,6 +161,14 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                      "(use ring, auto or all_gather)")
   ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
   gather = multi and t.loss_sharding == "all_gather"
+  by_label = positives_by_label(t)
+  if by_label and (ring_mesh is not None or gather):
+    raise ValueError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
+                     "on a mesh of several data-parallel devices")
+  prefix_bits = tuple(t.get("hash_prefix_bits", ()))
+  if any(not 0 < b < hashing.bits for b in prefix_bits):
+    raise ValueError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
+                     f"between 0 and model.hashing.bits={hashing.bits}")
 
   def loss_fn(params, batch, beta):
     out = model.apply({"params": params}, evaluate.normalize_images(batch["image"]),
@@ -164,14 +180,25 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
           in_specs=({k: P() for k in keys},), out_specs=P())
       loss = whole({k: out[k] for k in keys})
     else:
-      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin)
+      positives = None
+      if by_label:  # images and captions of the same class are matches too
+        positives = batch["label"][:, None] == batch["label"][None, :]
+      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin,
+                              positives=positives)
     terms = {"contrastive_loss": loss}
     if hashing.bits:
-      # Relevance by pairing: image i and caption j are similar only when i == j.
-      similarity = jnp.eye(out["image_hash"].shape[0], dtype=jnp.float32)
-      hash_total, hash_terms = hashing_loss(
-          out["image_hash"], out["text_hash"], t.hash_weights, similarity=similarity,
-          temperature=t.hash_temperature)
+      # Relevance by pairing (image i and caption j are similar only when i == j), or by class.
+      n = out["image_hash"].shape[0]
+      similarity = (batch["label"][:, None] == batch["label"][None, :]).astype(jnp.float32) \
+          if by_label else jnp.eye(n, dtype=jnp.float32)
+      # Nested codes: the same loss on the leading bits, so that a prefix of the K-bit code is a
+      # usable shorter code (one head serves 16/32/64-bit archives). Mean over the code lengths.
+      hash_total = jnp.zeros((), jnp.float32)
+      for bits in prefix_bits + (hashing.bits,):
+        part, hash_terms = hashing_loss(
+            out["image_hash"][:, :bits], out["text_hash"][:, :bits], t.hash_weights,
+            similarity=similarity, temperature=t.hash_temperature)
+        hash_total = hash_total + part / (len(prefix_bits) + 1)
       loss = loss + hash_total
       terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
     return loss, {"logit_scale": out["logit_scale"], **terms}
@@ -210,9 +237,8 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
 def compile_train_step(train_step, state_shardings, mesh):
   """jit with the state in its sharded layout, the batch split over the data-parallel axes, the
   metrics replicated and the old state's buffers donated. Call it under `jax.set_mesh(mesh)`."""
-  batch_shardings = {"image": parallel.batch_sharding(mesh),
-                     "tokens": parallel.batch_sharding(mesh)}
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+  batch_sharding = parallel.batch_sharding(mesh)  # every batch entry ('image', 'tokens', 'label')
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
 
@@ -240,7 +266,20 @@ class _PreemptionFlag:
 
 def _evaluate(model, params, data: RetrievalData, config, mesh) -> dict[str, float]:
   split = data.eval_splits[config.eval.split]
-  return evaluate.evaluate_split(model, params, split, mesh, config.eval.batch_size)
+  out = evaluate.evaluate_split(model, params, split, mesh, config.eval.batch_size)
+  if config.eval.get("label_metrics", False):  # label-only sets: metrics with relevance = class
+    from rsjax import label_retrieval
+    from rsjax.data.annotated import prompt_templates
+    if not data.class_names or "scene" not in split.labels:
+      raise ValueError("config key 'eval.label_metrics' needs a labelled data set (data.name="
+                       "'annotated' with data.label_prompt)")
+    templates = tuple(config.eval.get("templates", ())) or prompt_templates(config.data)
+    out["labels"] = label_retrieval.evaluate_model(
+        model, params, split, data.class_names, data.tokenizer, templates, mesh,
+        config.eval.batch_size)
+    log(f"{config.eval.split} split, relevance by class (percent): "
+        + label_retrieval.format_line(out["labels"]))
+  return out
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
@@ -262,12 +301,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   if data.tokenizer.vocab_size > config.model.text.vocab_size:
     raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
                      f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+  if positives_by_label(t) and data.train_labels is None:
+    raise ValueError("config key 'train.positives' is 'label' but the train split has no class "
+                     "labels (in-memory label-only sets have them: data.name='annotated' with "
+                     "data.label_prompt and stream=False)")
   if hasattr(data, "train_iterator"):  # a streamed set (data.name="tfds"): grain decodes + augments
     train_iter = data.train_iterator(t.batch_size, t.seed, jax.process_index(), jax.process_count())
   else:
     train_iter = pipeline.train_iterator(
         data.train_images, data.train_tokens, t.batch_size, t.seed,
-        jax.process_index(), jax.process_count())
+        jax.process_index(), jax.process_count(),
+        labels=data.train_labels if positives_by_label(t) else None,
+        dihedral=data.train_dihedral)
 
   # Model, optimizer, sharded state: restored from the latest checkpoint, else initialised.
   model = create_model(config)
@@ -296,7 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
     else:
       step0 = _evaluate(model, state.params, data, config, mesh)
       _write_json(step0_path, step0)
-      log(f"step 0: test mR {step0['mR']:.2f}")
+      log(f"step 0: {config.eval.split} mR {step0['mR']:.2f}")
 
   step_fn = compile_train_step(make_train_step(model, tx, config, mesh), shardings, mesh)
   schedule = learning_rate_schedule(t)

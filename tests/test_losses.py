@@ -137,6 +137,49 @@ def test_siglip_matches_numpy():
          [_unit(rng, B, E), _unit(rng, B, E), np.float32(5.0), np.float32(-2.0)], (0, 1, 2, 3))
 
 
+def np_clip_positives(img, txt, scale, same):
+  """Multi-positive InfoNCE: each row's target spread evenly over its positives."""
+  logits = scale * img @ txt.T
+  def ce(z, target):
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return -(target / target.sum(1, keepdims=True) * logp).sum(1).mean()
+  return 0.5 * (ce(logits, same) + ce(logits.T, same.T))
+
+
+def test_clip_with_positives_matches_numpy_and_reduces_to_pairs():
+  rng = np.random.default_rng(7)
+  img, txt = _unit(rng, B, E), _unit(rng, B, E)
+  labels = np.array([0, 1, 0, 2, 1, 0])
+  same = labels[:, None] == labels[None, :]
+  _check(lambda a, b, s: losses.clip_softmax_loss(a, b, s, jnp.asarray(same)),
+         lambda a, b, s: np_clip_positives(a, b, s, same.astype(np.float64)),
+         [img, txt, np.float32(6.0)], (0, 1, 2))
+  eye = jnp.eye(B, dtype=bool)
+  np.testing.assert_allclose(losses.clip_softmax_loss(img, txt, 6.0, eye),
+                             losses.clip_softmax_loss(img, txt, 6.0), rtol=1e-6)
+
+
+def test_siglip_with_positives_labels_same_class_pairs_positive():
+  rng = np.random.default_rng(8)
+  img, txt = _unit(rng, B, E), _unit(rng, B, E)
+  same = np.array([0, 1, 0, 2, 1, 0])[:, None] == np.array([0, 1, 0, 2, 1, 0])[None, :]
+  logits = 5.0 * img @ txt.T - 2.0
+  z = 2.0 * same - 1.0
+  want = -np.sum(np.log(1 / (1 + np.exp(-z * logits)))) / B
+  got = losses.siglip_loss(img, txt, 5.0, -2.0, jnp.asarray(same))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_positives_refused_where_they_cannot_apply():
+  out = {"image": jnp.eye(4), "text": jnp.eye(4), "logit_scale": 1.0, "logit_bias": 0.0}
+  same = jnp.ones((4, 4), bool)
+  with pytest.raises(ValueError, match="takes pairs only"):
+    losses.contrastive_loss("triplet_hardest", out, positives=same)
+  with pytest.raises(ValueError, match="loss_sharding='auto'"):
+    losses.contrastive_loss("clip", out, mesh=object(), positives=same)
+
+
 @pytest.mark.parametrize("variant", ["hardest", "sum"])
 def test_triplet_matches_numpy(variant):
   rng = np.random.default_rng(2)

@@ -144,3 +144,21 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert emb.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(emb)))
   reference = TwoTower(_small()).apply({"params": params}, images, method=model.encode_image)
   assert float(jnp.abs(emb - reference).max()) < 0.1  # same function, bf16 rounding only
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_pyramid_upsample_equals_flax_conv_transpose(factor):
+  """The matmul upsampling keeps nn.ConvTranspose's parameters and outputs (and so checkpoints)."""
+  from rsjax.models.pyramid import PatchUpsample
+
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 8))
+  ours = PatchUpsample(6, factor)
+  params = nn.meta.unbox(ours.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(2), p.shape), params)
+  flax_conv = nn.ConvTranspose(6, (factor, factor), strides=(factor, factor))
+  assert jax.tree.map(jnp.shape, flax_conv.init(jax.random.key(1), x)) == \
+      jax.tree.map(jnp.shape, params)
+  want = flax_conv.apply(params, x)
+  got = ours.apply(params, x)
+  assert got.shape == (2, 3 * factor, 5 * factor, 6)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

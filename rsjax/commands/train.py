@@ -23,6 +23,11 @@ def run(args) -> int:
   except (CheckpointError, NonFiniteLossError, BadRecordError) as e:  # these name what and where
     print(f"rsjax: error: {type(e).__name__}: {e}", file=sys.stderr)
     return 1
+  except ValueError as e:  # a config value refused once the data or model is seen
+    if not str(e).startswith("config key"):
+      raise
+    print(f"rsjax: config error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -10,14 +10,20 @@ Config keys (data section):
   format             captions_jsonl | karpathy | rsitmd | nwpu | levir_cc | image_folder
   image_root         folder the image paths are relative to ("" -> the annotation file's folder)
   caption_field      captions.jsonl field with the captions (UCM/Sydney also have "captions_corrected")
-  label_prompt       "" or e.g. "an aerial photograph of {label}": captions for label-only sets
+  label_prompt       "" or a template such as "an aerial photograph of {label}", or a tuple of
+                     them: captions for label-only sets (one per template). Such sets also give
+                     the trainer each image's class (train.positives="label") and the eval splits
+                     labels["scene"] (rsjax.label_retrieval metrics)
   image_size         side in pixels after resizing
   bands              () keeps RGB / all bands, or band indices, e.g. (3, 2, 1)
   max_value          white level of non-uint8 images (0 -> the dtype's maximum)
   train_split        split to train on; every other split present is available for evaluation
   skip_bad_records   skip (and list) bad records instead of stopping at the first
   tokenizer_path     "" -> a SentencePiece model trained on the train captions in the workdir
-  stream             False: train images decoded once into memory, no augmentation; True: read
+  memory_dihedral    with stream=False: random flips / quarter turns of the in-memory train
+                     images (captions are kept as they are, so the loader refuses captions whose
+                     direction words a turn would change)
+  stream             False: train images decoded once into memory, no other augmentation; True: read
                      through the grain pipeline with augment / num_workers / prefetch as for
                      data.name="tfds" (rsjax/data/prepared.py)
 """
@@ -38,11 +44,45 @@ def read_checked(data: ml_collections.ConfigDict) -> tuple[list[records.Record],
     options["caption_field"] = data.get("caption_field", "captions")
   raw = list(sources.read_source(data.format, data.path, data.get("image_root", "") or None,
                                  **options))
-  prompt = data.get("label_prompt", "")
-  if prompt:  # label-only sets (RSSCN7, image folders): one caption from the class name
+  templates = prompt_templates(data)
+  if templates:  # label-only sets (RSSCN7, image folders): captions from the class name
     raw = [r if isinstance(r, records.BadRecordError) or r.captions or r.label is None
-           else _with_captions(r, (prompt.format(label=r.label),)) for r in raw]
+           else _with_captions(r, tuple(t.format(label=r.label) for t in templates)) for r in raw]
   return records.collect(raw, skip_bad=data.get("skip_bad_records", False))
+
+
+def prompt_templates(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """data.label_prompt as a tuple of templates (a single string is one template)."""
+  prompt = data.get("label_prompt", "")
+  templates = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+  templates = tuple(t for t in templates if t)
+  for t in templates:
+    if "{label}" not in t:
+      raise ValueError(f"config key 'data.label_prompt': template {t!r} has no '{{label}}'")
+  return templates
+
+
+def check_turn_free(captions: list[list[str]], path: str) -> None:
+  """Raises when a flip or quarter turn would change a caption's meaning (data.memory_dihedral
+  keeps the captions as they are)."""
+  from rsjax.data.augment import Dihedral, rewrite_caption
+  turns = [Dihedral(flip, k) for flip in (False, True) for k in range(4)][1:]
+  for caps in captions:
+    for c in caps:
+      if any(rewrite_caption(c, t) != c for t in turns):
+        raise ValueError(f"config key 'data.memory_dihedral': caption {c!r} of {path} has "
+                         "direction words a flip or turn would change; use data.stream=True "
+                         "(caption-aware augmentation) instead")
+
+
+def class_labels(by_split: dict[str, list[records.Record]]):
+  """(class names sorted, {split: [N] int32 class ids}) when every record has a label, else None."""
+  if not all(r.label is not None for rs in by_split.values() for r in rs):
+    return None
+  names = tuple(sorted({str(r.label) for rs in by_split.values() for r in rs}))
+  index = {n: i for i, n in enumerate(names)}
+  return names, {s: np.asarray([index[str(r.label)] for r in rs], np.int32)
+                 for s, rs in by_split.items()}
 
 
 def _with_captions(record: records.Record, captions: tuple[str, ...]) -> records.Record:
@@ -104,7 +144,17 @@ def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length
     return prepared.streaming_data(stream.FileSource(arrays[train_split][1]), spec, data,
                                    eval_splits, tokenizer)
   log(f"data {data.path}: " + ", ".join(f"{s} {len(a)} images" for s, (a, _) in arrays.items()))
+  if data.get("memory_dihedral", False):
+    check_turn_free(captions[train_split], data.path)
+  labelled = class_labels({s: kept for s, (_, kept) in arrays.items()})
+  names, train_labels = (), None
+  if labelled is not None:
+    names, ids = labelled
+    train_labels = ids[train_split]
+    for s, split in eval_splits.items():  # per caption, as the eval splits are laid out
+      split.labels["scene"] = ids[s][split.text_to_image]
   return RetrievalData(
       train_images=arrays[train_split][0],
       train_tokens=_tokenize_per_image(tokenizer, captions[train_split], context_length),
-      eval_splits=eval_splits, tokenizer=tokenizer)
+      eval_splits=eval_splits, tokenizer=tokenizer, train_labels=train_labels, class_names=names,
+      train_dihedral=bool(data.get("memory_dihedral", False)))

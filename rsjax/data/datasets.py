@@ -48,6 +48,11 @@ class RetrievalData:
   eval_splits: dict[str, EvalSplit]
   tokenizer: SentencePieceTokenizer
   pair_splits: dict[str, PairSplit] = dataclasses.field(default_factory=dict)
+  # Label-only sets (RSSCN7, class folders): the class of each train image [N] int32, indexing
+  # class_names; eval splits then carry labels["scene"] per caption. None / () otherwise.
+  train_labels: np.ndarray | None = None
+  class_names: tuple[str, ...] = ()
+  train_dihedral: bool = False  # random flips / quarter turns of the in-memory train images
 
 
 def _encode_flat(tokenizer, captions: list[list[str]], length: int):

@@ -25,6 +25,30 @@ from rsjax.models.layers import Dtype, LayerNorm, logical
 conv_init = logical(nn.initializers.lecun_normal(), (None, None, None, None))
 
 
+class PatchUpsample(nn.Module):
+  """Transposed convolution with kernel = stride = `factor` (no overlap): [B, h, w, D] ->
+  [B, h*f, w*f, C].
+
+  The same parameters and outputs as nn.ConvTranspose(C, (f, f), strides=(f, f)), computed as one
+  matmul and a depth-to-space reshape: each input token writes its own f x f block. XLA's CPU
+  transposed convolution (an input-dilated conv) ran fifteen times slower, forward and backward,
+  on a 6 x 6 x 128 -> 24 x 24 x 64 map. flax's ConvTranspose applies the kernel flipped, hence the
+  [::-1, ::-1]."""
+  channels: int
+  factor: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    f = self.factor
+    kernel = self.param("kernel", conv_init, (f, f, x.shape[-1], self.channels))
+    bias = self.param("bias", nn.initializers.zeros, (self.channels,))
+    batch, h, w, _ = x.shape
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    y = jnp.einsum("bhwd,ijdc->bhiwjc", x, kernel[::-1, ::-1])
+    return y.reshape(batch, h * f, w * f, self.channels) + bias
+
+
 class Resample(nn.Module):
   """Token map at stride `source` [B, h, w, D] -> map at stride `target` [B, h*s/t, w*s/t, C]."""
   source: int
@@ -36,8 +60,7 @@ class Resample(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.target < self.source:
       factor = self.source // self.target
-      return nn.ConvTranspose(self.channels, (factor, factor), strides=(factor, factor),
-                              dtype=self.dtype, kernel_init=conv_init, name="up")(x)
+      return PatchUpsample(self.channels, factor, self.dtype, name="up")(x)
     if self.target > self.source:
       factor = self.target // self.source
       x = nn.avg_pool(x, (factor, factor), strides=(factor, factor))

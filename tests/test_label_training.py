@@ -1,0 +1,126 @@
+"""Label-only sets (RSSCN7-style): class-prompt captions, class labels through the pipeline, flips
+and quarter turns of in-memory images, same-class positives and nested hash codes in training,
+and the label metrics at the end of a run."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import TINY
+from rsjax import train
+from rsjax.config import load_config
+from rsjax.data import augment, pipeline
+from rsjax.data.datasets import load_retrieval_data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RSSCN7_CONFIG = str(REPO / "configs" / "rsscn7_scratch.py")
+COLOURS = {"field": (40, 160, 40), "lake": (30, 60, 200), "urban": (170, 170, 170)}
+
+
+def write_label_set(root: pathlib.Path, train_per_class: int = 8, val_per_class: int = 4):
+  """A captions.jsonl folder of coloured 32 px tiles with a label and no captions (RSSCN7 layout)."""
+  rng = np.random.default_rng(0)
+  lines = []
+  for label, colour in COLOURS.items():
+    (root / "images" / label).mkdir(parents=True)
+    for i in range(train_per_class + val_per_class):
+      pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+      name = f"images/{label}/{i}.png"
+      Image.fromarray(pixels).save(root / name)
+      lines.append({"image": name, "captions": [], "label": label,
+                    "split": "train" if i < train_per_class else "val"})
+  (root / "captions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+  return root
+
+
+def label_config(path, *overrides):
+  """configs/rsscn7_scratch.py with TINY's model sizes, pointed at `path`."""
+  tiny = [o for o in TINY if o.split("=")[0].startswith(("model.", "train.", "eval.batch"))
+          and "num_" not in o]
+  return load_config(RSSCN7_CONFIG + ":pyramid=0", tiny + [
+      f"data.path={path}", "data.image_size=32", "model.image.patch_size=8",
+      "model.image.stem=patch", "model.hashing.bits=16", "train.hash_prefix_bits=(8,)",
+      "train.batch_size=16", "eval.batch_size=16", *overrides])
+
+
+def test_label_prompts_become_captions_and_labels(tmp_path):
+  root = write_label_set(tmp_path / "set")
+  config = label_config(root)
+  data = load_retrieval_data(config, str(tmp_path / "work"))
+  templates = config.data.label_prompt
+  assert data.class_names == ("field", "lake", "urban")
+  assert data.train_tokens.shape[:2] == (24, len(templates))  # one caption per template
+  np.testing.assert_array_equal(data.train_labels, np.repeat([0, 1, 2], 8))
+  val = data.eval_splits["val"]
+  assert len(val.captions) == 12 * len(templates)
+  assert val.captions[0] == templates[0].format(label="field")
+  np.testing.assert_array_equal(val.labels["scene"], np.repeat([0, 1, 2], 4 * len(templates)))
+  assert data.train_dihedral
+
+
+def test_turns_refused_for_captions_with_directions(tmp_path):
+  root = write_label_set(tmp_path / "set")
+  config = label_config(root, "data.label_prompt=('{label} on the left side',)")
+  with pytest.raises(ValueError, match="memory_dihedral.*'field on the left side'"):
+    load_retrieval_data(config, str(tmp_path / "work"))
+  config = label_config(root, "data.label_prompt=('an image of fields',)")
+  with pytest.raises(ValueError, match="has no '{label}'"):
+    load_retrieval_data(config, str(tmp_path / "work"))
+
+
+def test_pipeline_carries_labels_and_turns_images():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8)
+  tokens = np.arange(1, 11, dtype=np.int32).reshape(10, 1, 1)  # token = 1 + image index
+  labels = np.arange(10, dtype=np.int32) % 3
+  it = pipeline.train_iterator(images, tokens, 5, seed=0, labels=labels, dihedral=True)
+  variants = [augment.Dihedral(f, k) for f in (False, True) for k in range(4)]
+  seen = set()
+  for _ in range(8):
+    batch = next(it)
+    for image, tok, label in zip(batch["image"], batch["tokens"][:, 0], batch["label"]):
+      source = images[tok - 1]
+      assert label == labels[tok - 1]
+      matches = [i for i, v in enumerate(variants) if np.array_equal(v.apply_image(source), image)]
+      assert matches, "a batch image is none of the 8 flips / turns of its source"
+      seen.update(matches)
+  assert len(seen) >= 6  # the turns are drawn, not fixed
+  plain = next(pipeline.train_iterator(images, tokens, 5, seed=0))
+  assert "label" not in plain
+
+
+def test_label_positives_train_and_report_label_metrics(tmp_path):
+  root = write_label_set(tmp_path / "set")
+  config = label_config(root, "train.steps=4", "train.checkpoint_every=4")
+  workdir = tmp_path / "run"
+  results = train.train(config, str(workdir))
+  labels = results["labels"]
+  assert set(labels) == {"zero_shot_top1", "t2i_map", "i2i_map@20_dense", "i2i_map@20_16bit"}
+  assert all(0.0 <= v <= 100.0 for v in labels.values())
+  saved = json.loads((workdir / "eval.json").read_text())
+  assert saved["labels"] == labels
+  again = train.evaluate_workdir(config, str(workdir))  # the same checkpoint gives the same figures
+  assert again["labels"] == pytest.approx(labels)
+
+
+def test_label_positives_need_labels(tmp_path):
+  from helpers import tiny_config
+  config = tiny_config("train.positives=label")
+  with pytest.raises(ValueError, match="'train.positives' is 'label' but the train split has no"):
+    train.train(config, str(tmp_path / "run"))
+
+
+def test_rsscn7_recipe_loads_the_real_set(shared_data, tmp_path):
+  config = load_config(RSSCN7_CONFIG + ":runlocal",
+                       [f"data.path={shared_data / 'rsscn7'}", "data.image_size=32"])
+  data = load_retrieval_data(config, str(tmp_path))
+  assert data.class_names == ("field", "forest", "grass", "industry", "parking", "resident",
+                              "riverlake")
+  assert data.train_images.shape == (1792, 32, 32, 3)
+  assert np.bincount(data.train_labels).tolist() == [256] * 7
+  val = data.eval_splits["val"]
+  assert val.images.shape[0] == 448
+  assert np.bincount(val.labels["scene"][::len(config.data.label_prompt)]).tolist() == [64] * 7
