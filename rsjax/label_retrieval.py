@@ -121,6 +121,12 @@ def evaluate_model(model, params, split, class_names, tokenizer, templates, mesh
   return label_metrics(img, labels, classes, codes)
 
 
+def config_templates(config) -> tuple[str, ...]:
+  """The class prompts of a run: eval.templates, else the data set's data.label_prompt."""
+  from rsjax.data.annotated import prompt_templates
+  return tuple(config.eval.get("templates", ())) or prompt_templates(config.data)
+
+
 def format_line(m: dict) -> str:
   """One log line of label_metrics."""
   parts = [f"zero-shot top-1 {m['zero_shot_top1']:.2f}", f"t2i mAP {m['t2i_map']:.2f}"]

@@ -269,14 +269,12 @@ def _evaluate(model, params, data: RetrievalData, config, mesh) -> dict[str, flo
   out = evaluate.evaluate_split(model, params, split, mesh, config.eval.batch_size)
   if config.eval.get("label_metrics", False):  # label-only sets: metrics with relevance = class
     from rsjax import label_retrieval
-    from rsjax.data.annotated import prompt_templates
     if not data.class_names or "scene" not in split.labels:
       raise ValueError("config key 'eval.label_metrics' needs a labelled data set (data.name="
                        "'annotated' with data.label_prompt)")
-    templates = tuple(config.eval.get("templates", ())) or prompt_templates(config.data)
     out["labels"] = label_retrieval.evaluate_model(
-        model, params, split, data.class_names, data.tokenizer, templates, mesh,
-        config.eval.batch_size)
+        model, params, split, data.class_names, data.tokenizer,
+        label_retrieval.config_templates(config), mesh, config.eval.batch_size)
     log(f"{config.eval.split} split, relevance by class (percent): "
         + label_retrieval.format_line(out["labels"]))
   return out

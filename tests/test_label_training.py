@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import TINY
-from rsjax import train
+from rsjax import cli, train
 from rsjax.config import load_config
 from rsjax.data import augment, pipeline
 from rsjax.data.datasets import load_retrieval_data
@@ -36,14 +36,16 @@ def write_label_set(root: pathlib.Path, train_per_class: int = 8, val_per_class:
   return root
 
 
+def label_overrides(path, *overrides) -> list[str]:
+  """configs/rsscn7_scratch.py shrunk to TINY's model sizes and pointed at `path`."""
+  tiny = [o for o in TINY if o.split("=")[0].startswith(("model.", "train.", "eval.batch"))]
+  return tiny + [f"data.path={path}", "data.image_size=32", "model.image.patch_size=8",
+                 "model.image.stem=patch", "model.hashing.bits=16", "train.hash_prefix_bits=(8,)",
+                 "train.batch_size=16", "eval.batch_size=16", *overrides]
+
+
 def label_config(path, *overrides):
-  """configs/rsscn7_scratch.py with TINY's model sizes, pointed at `path`."""
-  tiny = [o for o in TINY if o.split("=")[0].startswith(("model.", "train.", "eval.batch"))
-          and "num_" not in o]
-  return load_config(RSSCN7_CONFIG + ":pyramid=0", tiny + [
-      f"data.path={path}", "data.image_size=32", "model.image.patch_size=8",
-      "model.image.stem=patch", "model.hashing.bits=16", "train.hash_prefix_bits=(8,)",
-      "train.batch_size=16", "eval.batch_size=16", *overrides])
+  return load_config(RSSCN7_CONFIG + ":pyramid=0", label_overrides(path, *overrides))
 
 
 def test_label_prompts_become_captions_and_labels(tmp_path):
@@ -92,9 +94,10 @@ def test_pipeline_carries_labels_and_turns_images():
   assert "label" not in plain
 
 
-def test_label_positives_train_and_report_label_metrics(tmp_path):
+def test_label_positives_train_and_report_label_metrics(tmp_path, capsys):
   root = write_label_set(tmp_path / "set")
-  config = label_config(root, "train.steps=4", "train.checkpoint_every=4")
+  overrides = ("train.steps=4", "train.checkpoint_every=4", "eval.at_step0=False")
+  config = label_config(root, *overrides)
   workdir = tmp_path / "run"
   results = train.train(config, str(workdir))
   labels = results["labels"]
@@ -102,8 +105,14 @@ def test_label_positives_train_and_report_label_metrics(tmp_path):
   assert all(0.0 <= v <= 100.0 for v in labels.values())
   saved = json.loads((workdir / "eval.json").read_text())
   assert saved["labels"] == labels
-  again = train.evaluate_workdir(config, str(workdir))  # the same checkpoint gives the same figures
-  assert again["labels"] == pytest.approx(labels)
+  # `rsjax eval` on the same checkpoint gives the same figures, and hashing by class
+  sets = [x for o in label_overrides(root, *overrides) for x in ("--set", o)]
+  assert cli.main(["eval", "--config", RSSCN7_CONFIG + ":pyramid=0", "--workdir", str(workdir),
+                   "--splits", "val", *sets]) == 0
+  full = json.loads((workdir / "eval_full.json").read_text())["splits"]["val"]
+  assert full["labels"] == pytest.approx(labels)
+  assert set(full["hashing"]["label"]) == {"i2t", "t2i"}  # hashing by class, DUCH split
+  assert "val, relevance by class (percent): zero-shot top-1" in capsys.readouterr().out
 
 
 def test_label_positives_need_labels(tmp_path):

@@ -64,6 +64,12 @@ def run(args) -> int:
     out = evaluate.evaluate_split_full(model, params, split, mesh, config.eval.batch_size,
                                        image_labels, with_gallery=(i == 0))
     gallery = out.pop("gallery", gallery)
+    if config.eval.get("label_metrics", False) and data.class_names and image_labels is not None:
+      from rsjax import label_retrieval
+      out["labels"] = label_retrieval.evaluate_model(
+          model, params, split, data.class_names, data.tokenizer,
+          label_retrieval.config_templates(config), mesh, config.eval.batch_size)
+      log(f"{name}, relevance by class (percent): " + label_retrieval.format_line(out["labels"]))
     results["splits"][name] = out
   log(f"retrieval at step {step} (percent):\n" + evaluate.format_table(
       {name: r["retrieval"] for name, r in results["splits"].items()}))
