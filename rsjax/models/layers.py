@@ -22,8 +22,18 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x), written with erf as PyTorch's nn.GELU (open_clip) computes it.
+
+  jax.nn.gelu(approximate=False) uses erfc, which XLA:CPU expands into about three times the work
+  of erf (measured on [4160, 768]: 6.6 ms against 2.4 ms forward; an MLP's forward and backward
+  20% faster); the two differ by under 1e-6.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "quick_gelu": quick_gelu,
 }
@@ -43,6 +53,25 @@ class LayerNorm(nn.Module):
         bias_init=logical(nn.initializers.zeros, ("embed",)))(x)
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh)) v with logits and softmax in float32, as
+  jax.nn.dot_product_attention computes it: q, k, v [B, L, H, Dh]; mask broadcastable to
+  [B, H, L, L] (True = attend) or None. Returns [B, L, H, Dh].
+
+  The heads are moved ahead of the positions first, so that both products are plain batched
+  matrix products over [B, H]; in dot_product_attention's layout XLA:CPU transposes inside every
+  product of the forward and the backward pass (measured, [64, 65, 3, 64] forward and backward on
+  one core: 13.7 ms against 24.7 ms; torch's fused CPU kernel takes 16.3 ms).
+  """
+  q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))  # [B, H, L, Dh]
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits * (q.shape[-1] ** -0.5)
+  if mask is not None:  # the large finite negative of dot_product_attention: no NaN on empty rows
+    logits = jnp.where(mask, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with one fused QKV projection.
 
@@ -55,28 +84,38 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    width = x.shape[-1]
+    batch, length, width = x.shape
     heads, head_dim = self.num_heads, width // self.num_heads
     w_qkv = self.param("qkv_kernel", logical(dense_init, ("embed", None, "heads", "kv")),
                        (width, 3, heads, head_dim), self.param_dtype)
     b_qkv = self.param("qkv_bias", logical(nn.initializers.zeros, (None, "heads", "kv")),
                        (3, heads, head_dim), self.param_dtype)
-    qkv = jnp.einsum("bld,dshk->blshk", x.astype(self.dtype),
-                     w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)  # [B, L, 3, H, Dh]
+    # Projections on the tokens as rows [B*L, D] (see Mlp): one contracted axis in every gradient.
+    rows = x.reshape(batch * length, width).astype(self.dtype)
+    qkv = jnp.einsum("nd,dshk->nshk", rows, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
+    qkv = qkv.reshape(batch, length, 3, heads, head_dim)
     # Tensor parallelism splits the heads: each device attends with its own heads only.
     qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, L, H, Dh]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, L, H, Dh]
+    out = attention(q, k, v, mask)  # [B, L, H, Dh]
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     w_out = self.param("out_kernel", logical(dense_init, ("heads", "kv", "embed")),
                        (heads, head_dim, width), self.param_dtype)
     b_out = self.param("out_bias", logical(nn.initializers.zeros, ("embed",)), (width,),
                        self.param_dtype)
-    return jnp.einsum("blhk,hkd->bld", out, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+    out = jnp.einsum("nhk,hkd->nd", out.reshape(batch * length, heads, head_dim),
+                     w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+    return out.reshape(batch, length, width)
 
 
 class Mlp(nn.Module):
-  """Two dense layers with an activation: [B, L, D] -> [B, L, D]."""
+  """Two dense layers with an activation: [B, L, D] -> [B, L, D].
+
+  The dense layers see the tokens as rows [B*L, D] (a free reshape). On a 3-D input the weight
+  gradient contracts two axes (B and L), and XLA:CPU lays that out with extra transposes and a
+  slower matmul; as rows it is one plain [D, N] x [N, F] product (measured: the MLP's forward and
+  backward about 20% faster on one core of this CPU, same numbers up to float rounding).
+  """
   hidden: int
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
@@ -84,15 +123,18 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    width = x.shape[-1]
-    h = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=logical(dense_init, ("embed", "mlp")),
-                 bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc1")(x)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = ACTIVATIONS[self.activation](h)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=logical(dense_init, ("mlp", "embed")),
-                    bias_init=logical(nn.initializers.zeros, ("embed",)), name="fc2")(h)
+    *lead, width = x.shape
+    dense = lambda features, axes, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=logical(dense_init, axes), bias_init=logical(nn.initializers.zeros, axes[1:]),
+        name=name)
+    h = dense(self.hidden, ("embed", "mlp"), "fc1")(x.reshape(-1, width))
+    h = nn.with_logical_constraint(h.reshape(*lead, self.hidden), ("batch", "length", "mlp"))
+    # Only the pre-activation is kept for the backward pass, which recomputes the activation (as
+    # torch's GELU does); otherwise XLA also keeps erf(h / sqrt 2), 164 MiB more in a ViT-Ti train
+    # step of 64 images, with no measurable gain in speed.
+    h = jax.checkpoint(ACTIVATIONS[self.activation])(h).reshape(-1, self.hidden)
+    return dense(width, ("mlp", "embed"), "fc2")(h).reshape(*lead, width)
 
 
 class Block(nn.Module):
