@@ -50,9 +50,20 @@ def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
       decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.learning_rate * t.final_lr_fraction)
 
 
+_NO_DECAY_NAMES = ("bias", "scale", "norm", "logit")
+
+
+def _decays(path, leaf) -> bool:
+  """Weight decay for a parameter at `path`: at least 2-D and not named like a bias or scale."""
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  name = str(names[-1]).lower() if names else ""
+  return leaf.ndim >= 2 and not any(word in name for word in _NO_DECAY_NAMES)
+
+
 def make_optimizer(t: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW; weight decay only on matrices (not on biases, norms, scalars), as CLIP does."""
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  """AdamW; weight decay only on matrices and embeddings, as CLIP does: not on biases (also the
+  [3, heads, head_dim] attention ones), norms, scales or the logit scale/bias."""
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(_decays, params)
   chain = []
   if t.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(t.grad_clip_norm))

@@ -68,7 +68,8 @@ def test_same_architecture_and_decay_mask(pair):
   assert {"visual.conv1.weight", "visual.transformer.resblocks.0.mlp.c_fc.weight",
           "token_embedding.weight", "text_projection"} <= set(decayed)
   assert not {"logit_scale", "visual.ln_pre.weight", "ln_final.bias",
-              "visual.transformer.resblocks.0.mlp.c_fc.bias"} & set(decayed)
+              "visual.transformer.resblocks.0.mlp.c_fc.bias",
+              "visual.transformer.resblocks.0.attn.in_proj_bias"} & set(decayed)
 
 
 def test_same_losses_and_updates(pair):
