@@ -10,6 +10,8 @@ loss and float32. Each side runs what its users run: rsjax.train's compiled step
 model with its ClipLoss, torch AdamW, clip_grad_norm_ and the logit-scale clamp of its train loop.
 Each (framework, seed) trains in its own subprocess, so that its peak resident memory is its own;
 the runs alternate between the frameworks so that load from other processes hits both alike.
+Both workers run with glibc's huge-page tunable, which the `rsjax` command sets for itself
+(rsjax/host_memory.py; benchmarks/host_memory.py measures its effect on the rsjax step).
 
 Measured: median train-step time (host batch in, updated parameters out; the first steps left
 out), images/s of the image tower alone (inference, the same batch), peak RSS, achieved FLOP/s and
@@ -44,6 +46,7 @@ for _path in (REPO, HERE, os.path.join(REPO, "tests")):  # rsjax, common, torchv
     sys.path.insert(0, _path)
 
 from common import report  # noqa: E402  (stdlib only: the workers import jax or torch, not both)
+from rsjax import host_memory  # noqa: E402  (stdlib only)
 
 FRAMEWORKS = ("rsjax", "open_clip")
 # Captions of the class-label set: each train image gets one at random per step; the class
@@ -605,12 +608,19 @@ def wait_quiet(deadline: float, threshold: float = 10.0, window: float = 5.0) ->
     print(f"waiting for a quiet machine: other processes use {share:.0f}%", flush=True)
 
 
+def worker_environment() -> dict[str, str]:
+  """Both frameworks' workers run with glibc's huge-page tunable, which the `rsjax` command sets
+  for itself (rsjax/host_memory.py): one allocator setting for both, so that the table compares
+  the frameworks and not their allocators (open_clip's step is unchanged by it, measured)."""
+  return host_memory.environment_with_huge_pages(dict(os.environ)) or dict(os.environ)
+
+
 def _run_worker(spec_path: str, framework: str) -> dict:
   """Runs one worker process; returns its results and embeddings, with others_cpu_pct: the share
   of the machine other processes used meanwhile."""
   meter = OthersMeter()
   subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", framework,
-                  "--spec", spec_path], check=True)
+                  "--spec", spec_path], check=True, env=worker_environment())
   others = meter.percent()
   prefix = spec_path[:-len(".spec.json")]
   with open(f"{prefix}.{framework}.json") as f:
@@ -757,6 +767,7 @@ def run(args, workdir: str) -> None:
                                     1, 1, 0).model.to_dict(),
                 "open_clip": spec0["open_clip_config"], "params": n_params},
       "train": TRAIN, "weight_decay_on": spec0["decayed"],
+      "GLIBC_TUNABLES": worker_environment().get("GLIBC_TUNABLES", ""),
       "flops_per_step": {"used": "torch FlopCounterMode (matmuls, convolutions, attention)",
                          "torch_flop_counter": flops,
                          "xla_cost_analysis": xla[0] if xla else None},

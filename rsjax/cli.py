@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """The `rsjax` command; argv None: this process's command line (restarted once with huge pages
+  for XLA:CPU's buffers, rsjax/host_memory.py)."""
+  if argv is None:
+    from rsjax import host_memory
+    host_memory.restart_with_huge_pages()
   args = build_parser().parse_args(argv)
   try:
     return args.run(args)
