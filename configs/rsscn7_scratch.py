@@ -32,8 +32,8 @@ Choices, measured on this CPU (val; README "RSSCN7 from scratch" has the numbers
   similarity is by class in both (DPSH likelihood, DUCH's protocol), with the same loss on the
   leading 16 and 32 bits, so one head serves all three code lengths;
 - flips and quarter turns: aerial scenes have no up, and class prompts hold no direction words
-  (the loader checks this), so all 8 are free extra data for the full run. At 300 steps they
-  did not help (the model had not yet used up the unaugmented data).
+  (the loader checks this), so all 8 are free extra data. At 300 steps they did not help; over
+  the full 1,200 steps, turning them off cost 6 to 13 points on every val metric.
 """
 
 import os
