@@ -11,7 +11,9 @@ model with its ClipLoss, torch AdamW, clip_grad_norm_ and the logit-scale clamp 
 Each (framework, seed) trains in its own subprocess, so that its peak resident memory is its own;
 the runs alternate between the frameworks so that load from other processes hits both alike.
 Both workers run with glibc's huge-page tunable, which the `rsjax` command sets for itself
-(rsjax/host_memory.py; benchmarks/host_memory.py measures its effect on the rsjax step).
+(rsjax/host_memory.py; benchmarks/host_memory.py measures its effect on the rsjax step). The rsjax
+worker splits the CPU into devices as the `rsjax` command does (rsjax/host_devices.py: one per
+core, up to two) and its mesh gives each device half of every batch.
 
 Measured: median train-step time (host batch in, updated parameters out; the first steps left
 out), images/s of the image tower alone (inference, the same batch), peak RSS, achieved FLOP/s and
@@ -255,14 +257,19 @@ class RsjaxTrainer:
 
   def encode_image(self, images: np.ndarray) -> np.ndarray:
     """uint8 [B, S, S, 3] -> unit-norm [B, E] (rsjax.evaluate's jitted encoder)."""
+    return self._encode(self.enc_img, images)
+
+  def _encode(self, encode, x: np.ndarray) -> np.ndarray:
+    """`encode` on x split over the mesh's data axis, as rsjax.evaluate.encode_in_batches does."""
     import jax
+
+    from rsjax import parallel
     with jax.set_mesh(self.mesh):
-      return np.asarray(jax.block_until_ready(self.enc_img(self.state.params, images)))
+      sharded = parallel.shard_batch({"x": x}, self.mesh)["x"]
+      return np.asarray(jax.block_until_ready(encode(self.state.params, sharded)))
 
   def encode_text(self, ids: np.ndarray) -> np.ndarray:
-    import jax
-    with jax.set_mesh(self.mesh):
-      return np.asarray(jax.block_until_ready(self.enc_txt(self.state.params, ids)))
+    return self._encode(self.enc_txt, ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +498,9 @@ def _measure(trainer, step, spec: dict, data: dict, tag: str) -> dict:
 
 
 def _rsjax_run(spec: dict, data: dict, tag: str) -> dict:
+  from rsjax import host_devices
+
+  _log(tag, f"CPU devices: {host_devices.use_cpu_devices()} (as the rsjax command sets them)")
   config = run_config(model_config(spec["vocab_size"], spec["tiny"]), spec["image_size"],
                       spec["steps"], spec["batch"], spec["seed"])
   flat = dict(np.load(spec["rsjax_params"]))

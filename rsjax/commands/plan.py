@@ -29,6 +29,7 @@ def _fake_cpu_devices(n: int) -> bool:
     return jax.devices()[0].platform == "cpu" and jax.device_count() >= n
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+  jax.config.update("jax_num_cpu_devices", n)  # takes precedence over the flag once set (cli.py)
   jax.config.update("jax_platforms", "cpu")  # plan on the CPU even where an accelerator is present
   return True
 
