@@ -12,8 +12,9 @@ Each (framework, seed) trains in its own subprocess, so that its peak resident m
 the runs alternate between the frameworks so that load from other processes hits both alike.
 Both workers run with glibc's huge-page tunable, which the `rsjax` command sets for itself
 (rsjax/host_memory.py; benchmarks/host_memory.py measures its effect on the rsjax step). The rsjax
-worker splits the CPU into devices as the `rsjax` command does (rsjax/host_devices.py: one per
-core, up to two) and its mesh gives each device half of every batch.
+worker splits the CPU into two JAX devices, as `RSJAX_CPU_DEVICES=2 rsjax train` does
+(rsjax/host_devices.py; opt-in, as it costs bitwise-equal resumes), and its mesh gives each device
+half of every batch.
 
 Measured: median train-step time (host batch in, updated parameters out; the first steps left
 out), images/s of the image tower alone (inference, the same batch), peak RSS, achieved FLOP/s and
@@ -500,7 +501,9 @@ def _measure(trainer, step, spec: dict, data: dict, tag: str) -> dict:
 def _rsjax_run(spec: dict, data: dict, tag: str) -> dict:
   from rsjax import host_devices
 
-  _log(tag, f"CPU devices: {host_devices.use_cpu_devices()} (as the rsjax command sets them)")
+  # rsjax's opt-in CPU split (RSJAX_CPU_DEVICES), 2 unless the caller chose: see the docstring.
+  os.environ.setdefault(host_devices.ENV, "2")
+  _log(tag, f"CPU devices: {host_devices.use_cpu_devices()} ({host_devices.ENV})")
   config = run_config(model_config(spec["vocab_size"], spec["tiny"]), spec["image_size"],
                       spec["steps"], spec["batch"], spec["seed"])
   flat = dict(np.load(spec["rsjax_params"]))

@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   """The `rsjax` command; argv None: this process's command line (restarted once with huge pages
-  for XLA:CPU's buffers, rsjax/host_memory.py; the CPU split into one device per core up to two,
-  rsjax/host_devices.py)."""
+  for XLA:CPU's buffers, rsjax/host_memory.py; the CPU split into RSJAX_CPU_DEVICES devices where
+  set, rsjax/host_devices.py)."""
   if argv is None:
     from rsjax import host_devices, host_memory
     host_memory.restart_with_huge_pages()
