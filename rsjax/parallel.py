@@ -137,7 +137,7 @@ def check_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> Non
   if global_batch % (dp * grad_accum_steps):
     what = f" x {grad_accum_steps} micro-batches" if grad_accum_steps > 1 else ""
     hint = ""
-    if mesh.devices.flat[0].platform == "cpu":  # the rsjax command splits a CPU host in two
+    if mesh.devices.flat[0].platform == "cpu":  # RSJAX_CPU_DEVICES may have split this host
       hint = "; on a CPU host, RSJAX_CPU_DEVICES=1 runs on a single device (rsjax/host_devices.py)"
     raise MeshError(f"train.batch_size {global_batch} is not divisible by the {dp} data-parallel "
                     f"devices{what} of mesh {dict(mesh.shape)}{hint}")
