@@ -100,3 +100,31 @@ def test_same_embeddings(pair):
   for ours, theirs, x in ((rs.encode_image, oc.encode_image, batch["image"]),
                           (rs.encode_text, oc.encode_text, batch["tokens"])):
     np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=1e-4)
+
+
+def test_summary_compares_each_rsjax_run_and_the_rounding_yardstick():
+  """The table's ratios, the targets per rsjax run, and the rounding check: a quality gap below
+  open_clip counts as within rounding only when the two rsjax runs differ by at least as much."""
+  def row(fw, seed, step, zero_shot):
+    return {"framework": fw, "seed": seed, "params_M": 8.0, "step_s": step,
+            "encode_img_per_s": 100.0 / step, "pct_of_peak": 30.0 / step,
+            "others_cpu_pct": 0.0, "zero_shot_top1": zero_shot, "i2i_map@20_dense": 50.0}
+  rows = [row("rsjax", 0, 0.5, 44.0), row("rsjax", 1, 0.5, 46.0),
+          row("open_clip", 0, 1.0, 45.5), row("open_clip", 1, 1.0, 45.5),
+          row("rsjax_1dev", 0, 1.5, 45.2), row("rsjax_1dev", 1, 1.5, 45.2)]
+  targets, within = bench.summarise(rows, {"torch": 2e11, "jax": 4e11})
+  by_name = {r["framework"]: r for r in rows if r["seed"] in ("mean", "-")}
+  assert by_name["rsjax / open_clip"]["step_s"] == pytest.approx(0.5)
+  assert by_name["rsjax_1dev / open_clip"]["step_s"] == pytest.approx(1.5)
+  assert by_name["rsjax_1dev - open_clip (points)"]["zero_shot_top1"] == pytest.approx(-0.3)
+  assert by_name["rounding: rsjax - rsjax_1dev (points)"]["zero_shot_top1"] == pytest.approx(-0.2)
+  assert by_name["matmul peak (torch)"]["pct_of_peak"] == pytest.approx(50.0)
+  assert targets["rsjax: train step time <= 1.0x open_clip's"]
+  assert not targets["rsjax_1dev: train step time <= 1.0x open_clip's"]
+  assert targets["rsjax: train step >= 50% of the matmul peak"]  # 60%
+  assert not targets["rsjax_1dev: train step >= 50% of the matmul peak"]  # 20%
+  assert not targets["rsjax: zero_shot_top1 not below open_clip's"]  # 45.0 vs 45.5
+  assert targets["rsjax: i2i_map@20_dense not below open_clip's"]  # equal
+  # Gaps of -0.5 (rsjax) and -0.3 (rsjax_1dev) points against a rounding spread of 0.2.
+  assert [ok for name, ok in within.items() if "zero_shot" in name] == [False, False]
+  assert all(ok for name, ok in within.items() if "i2i" in name)
