@@ -12,7 +12,8 @@ Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for the ablation
   pyramid=0|1   the feature pyramid over the trunk (default 0: it did not help, see below)
   dihedral=0|1  random flips / quarter turns of the train images (default 1)
   loss=label|pair|siglip  clip loss with same-class positives (default), plain pairwise clip,
-                or sigmoid loss with same-class positives
+                or sigmoid loss with same-class positives; the hashing loss stays by class in all
+                three (train.hash_positives), so the variants differ only in the contrastive loss
   quant=Q, beta_end=B  hashing quantization weight (0.01) and final tanh sharpness (3)
   steps=N       train steps; runlocal: a seconds-long check of the path
 
@@ -93,6 +94,7 @@ def get_config(arg=None):
       batch_size=128,
       loss="siglip" if loss == "siglip" else "clip",
       positives="pair" if loss == "pair" else "label",
+      hash_positives="label",
       hash_prefix_bits=(16, 32),
       hash_weights=dict(contrastive=0.0, similarity=1.0,
                         quantization=float(args.get("quant", 0.01)), balance=0.01),

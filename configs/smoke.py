@@ -61,6 +61,8 @@ def get_config(arg=None):
       # "pair": image i matches caption i only; "label": images and captions of the same class
       # match too (label-only sets such as RSSCN7; clip / siglip losses).
       positives="pair",
+      # The hashing similarity's positives, "pair" or "label"; empty: as train.positives.
+      hash_positives="",
       hash_temperature=0.3,
       learning_rate=1.2e-3,
       warmup_steps=50,

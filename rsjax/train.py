@@ -147,6 +147,28 @@ def positives_by_label(t: ml_collections.ConfigDict) -> bool:
   return positives == "label"
 
 
+def hash_positives_by_label(t: ml_collections.ConfigDict) -> bool:
+  """train.hash_positives: the hashing loss's similarity, "pair" or "label" as train.positives;
+  empty (the default) follows train.positives. Set apart, a run can change the contrastive loss's
+  positives while the hash codes keep learning classes."""
+  positives = t.get("hash_positives", "")
+  if positives == "":
+    return positives_by_label(t)
+  if positives not in ("pair", "label"):
+    raise ValueError(f"config key 'train.hash_positives': unknown {positives!r} "
+                     "(use pair, label, or empty to follow train.positives)")
+  return positives == "label"
+
+
+def label_key(config: ml_collections.ConfigDict) -> str | None:
+  """The config key that makes training read each image's class, or None when none does."""
+  if positives_by_label(config.train):
+    return "train.positives"
+  if config.model.hashing.bits and hash_positives_by_label(config.train):
+    return "train.hash_positives"
+  return None
+
+
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh=None) -> Callable:
   """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
@@ -172,7 +194,7 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                      "(use ring, auto or all_gather)")
   ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
   gather = multi and t.loss_sharding == "all_gather"
-  by_label = positives_by_label(t)
+  by_label, hash_by_label = positives_by_label(t), hash_positives_by_label(t)
   if by_label and (ring_mesh is not None or gather):
     raise ValueError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
                      "on a mesh of several data-parallel devices")
@@ -201,7 +223,7 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
       # Relevance by pairing (image i and caption j are similar only when i == j), or by class.
       n = out["image_hash"].shape[0]
       similarity = (batch["label"][:, None] == batch["label"][None, :]).astype(jnp.float32) \
-          if by_label else jnp.eye(n, dtype=jnp.float32)
+          if hash_by_label else jnp.eye(n, dtype=jnp.float32)
       # Nested codes: the same loss on the leading bits, so that a prefix of the K-bit code is a
       # usable shorter code (one head serves 16/32/64-bit archives). Mean over the code lengths.
       hash_total = jnp.zeros((), jnp.float32)
@@ -310,8 +332,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   if data.tokenizer.vocab_size > config.model.text.vocab_size:
     raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
                      f"'model.text.vocab_size' is {config.model.text.vocab_size}")
-  if positives_by_label(t) and data.train_labels is None:
-    raise ValueError("config key 'train.positives' is 'label' but the train split has no class "
+  label_source = label_key(config)
+  if label_source and data.train_labels is None:
+    raise ValueError(f"config key '{label_source}' is 'label' but the train split has no class "
                      "labels (in-memory label-only sets have them: data.name='annotated' with "
                      "data.label_prompt and stream=False)")
   if hasattr(data, "train_iterator"):  # a streamed set (data.name="tfds"): grain decodes + augments
@@ -320,7 +343,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
     train_iter = pipeline.train_iterator(
         data.train_images, data.train_tokens, t.batch_size, t.seed,
         jax.process_index(), jax.process_count(),
-        labels=data.train_labels if positives_by_label(t) else None,
+        labels=data.train_labels if label_source else None,
         dihedral=data.train_dihedral)
 
   # Model, optimizer, sharded state: restored from the latest checkpoint, else initialised.

@@ -122,6 +122,50 @@ def test_label_positives_need_labels(tmp_path):
     train.train(config, str(tmp_path / "run"))
 
 
+def test_hash_positives_need_labels(tmp_path):
+  from helpers import tiny_config
+  config = tiny_config("model.hashing.bits=16", "train.hash_positives=label")
+  with pytest.raises(ValueError, match="'train.hash_positives' is 'label' but the train split"):
+    train.train(config, str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="'train.hash_positives': unknown 'class'"):
+    train.train(tiny_config("model.hashing.bits=16", "train.hash_positives=class"),
+                str(tmp_path / "run2"))
+
+
+def test_hash_positives_set_apart_from_the_contrastive_ones():
+  """train.hash_positives changes the hashing similarity only: with pairwise contrastive positives
+  and hashing by class, the contrastive loss is the pairwise run's and the hashing likelihood the
+  by-class run's, from the same weights on the same batch."""
+  import jax
+
+  from helpers import tiny_config
+  from rsjax import parallel
+
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+           "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
+                                     np.zeros((16, 13), int)], 1).astype(np.int32),
+           "label": np.arange(16, dtype=np.int32) % 3}
+
+  def first_step(*overrides):
+    config = tiny_config("model.hashing.bits=16", "train.loss_sharding=auto", *overrides)
+    mesh = parallel.make_mesh(config, jax.devices()[:1])
+    model, tx = train.create_model(config), train.make_optimizer(config.train)
+    state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
+    step = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings,
+                                    mesh)
+    with jax.set_mesh(mesh):
+      _, m = step(state, parallel.shard_batch(batch, mesh))
+    return {k: float(v) for k, v in jax.device_get(m).items()}
+
+  pairs = first_step("train.positives=pair")
+  classes = first_step("train.positives=label")
+  mixed = first_step("train.positives=pair", "train.hash_positives=label")
+  assert mixed["contrastive_loss"] == pytest.approx(pairs["contrastive_loss"], rel=1e-6)
+  assert mixed["hash_similarity"] == pytest.approx(classes["hash_similarity"], rel=1e-6)
+  assert abs(mixed["hash_similarity"] - pairs["hash_similarity"]) > 1e-3
+
+
 def test_rsscn7_recipe_loads_the_real_set(shared_data, tmp_path):
   config = load_config(RSSCN7_CONFIG + ":runlocal",
                        [f"data.path={shared_data / 'rsscn7'}", "data.image_size=32"])
