@@ -28,9 +28,10 @@ Choices, measured on this CPU (val; README "RSSCN7 from scratch" has the numbers
   only to beta 3: with 0.1 and beta 10 the codes saturated early and stopped learning, and
   16/32/64-bit mAP@20 stayed 20 points lower (the one large effect in the ablation);
 - same-class positives (multi-positive InfoNCE): every batch of 128 holds about 18 images per
-  class, and a pairwise loss would push their identical class captions apart as negatives. The
-  300-step ablation could not tell the two apart (within 3 points, one seed); the hashing
-  similarity is by class in both (DPSH likelihood, DUCH's protocol), with the same loss on the
+  class, and a pairwise loss would push their identical class captions apart as negatives.
+  Full 1,200-step runs could not tell the two apart (two seeds each, within float-rounding noise;
+  README); the hashing similarity is by class in both (train.hash_positives: DPSH likelihood,
+  DUCH's protocol; pairwise hashing collapsed the codes), with the same loss on the
   leading 16 and 32 bits, so one head serves all three code lengths;
 - flips and quarter turns: aerial scenes have no up, and class prompts hold no direction words
   (the loader checks this), so all 8 are free extra data. At 300 steps they did not help; over
