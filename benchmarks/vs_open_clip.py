@@ -737,12 +737,12 @@ def summarise(rows: list[dict], peaks: dict) -> tuple[dict, dict]:
     rounding["framework"] = "rounding: " + rounding["framework"]
     if len(rounding) > 2:
       rows.append(rounding)
-      for fw in RSJAX_DEVICES:
-        for k in QUALITY:
-          if oc is not None and k in oc:
-            gap = means[fw][k] - oc[k]
-            within[f"{fw}: {k} {gap:+.2f} points vs open_clip, rounding moves it "
-                   f"{abs(rounding[k]):.2f}"] = gap >= -abs(rounding[k])
+    for fw in RSJAX_DEVICES:
+      for k in QUALITY:
+        if oc is not None and k in rounding:
+          gap = means[fw][k] - oc[k]
+          within[f"{fw}: {k} {gap:+.2f} points vs open_clip, rounding moves it "
+                 f"{abs(rounding[k]):.2f}"] = gap >= -abs(rounding[k])
   for fw in ("torch", "jax"):
     rows.append({"framework": f"matmul peak ({fw})", "seed": "-", "GFLOP_per_s": peaks[fw] / 1e9,
                  "pct_of_peak": 100.0 * peaks[fw] / max(peaks.values())})

@@ -5,6 +5,8 @@ import pathlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from rsjax.config import load_config  # noqa: E402
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "smoke.py")
@@ -19,6 +21,16 @@ TINY = [
     "train.batch_size=16", "train.steps=6", "train.warmup_steps=2", "train.log_every=1",
     "train.checkpoint_every=2", "eval.batch_size=16",
 ]
+
+
+def random_batches(seed: int, count: int, size: int = 16) -> list[dict]:
+  """`count` batches of `size` random 32 px images and 10-token captions (end-of-text 3, padding)
+  for TINY-sized models."""
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
+           "tokens": np.concatenate([rng.integers(4, 200, (size, 10)), np.full((size, 1), 3),
+                                     np.zeros((size, 13), int)], 1).astype(np.int32)}
+          for _ in range(count)]
 
 
 def tiny_config(*overrides: str):

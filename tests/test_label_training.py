@@ -138,14 +138,10 @@ def test_hash_positives_set_apart_from_the_contrastive_ones():
   by-class run's, from the same weights on the same batch."""
   import jax
 
-  from helpers import tiny_config
+  from helpers import random_batches, tiny_config
   from rsjax import parallel
 
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-           "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
-                                     np.zeros((16, 13), int)], 1).astype(np.int32),
-           "label": np.arange(16, dtype=np.int32) % 3}
+  batch = {**random_batches(seed=0, count=1)[0], "label": np.arange(16, dtype=np.int32) % 3}
 
   def first_step(*overrides):
     config = tiny_config("model.hashing.bits=16", "train.loss_sharding=auto", *overrides)

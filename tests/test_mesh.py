@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import tiny_config
+from helpers import random_batches, tiny_config
 from rsjax import parallel, train
 from rsjax.checkpoint import Checkpointer
 from rsjax.data import pipeline
@@ -23,15 +23,6 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 8, 1)]
 def _config(shape=(1, 1, 1), *overrides):
   data, fsdp, tensor = shape
   return tiny_config(f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", *overrides)
-
-
-def _random_batches(seed: int, count: int, size: int = 16) -> list[dict]:
-  """`count` batches of `size` random 32 px images and 10-token captions (end-of-text 3, padding)."""
-  rng = np.random.default_rng(seed)
-  return [{"image": rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
-           "tokens": np.concatenate([rng.integers(4, 200, (size, 10)), np.full((size, 1), 3),
-                                     np.zeros((size, 13), int)], 1).astype(np.int32)}
-          for _ in range(count)]
 
 
 def _devices(shape):
@@ -87,7 +78,7 @@ def _assert_params_close(actual, expected):
 
 @pytest.fixture(scope="module")
 def single_device_run(initial_state):
-  batches = _random_batches(seed=0, count=2)
+  batches = random_batches(seed=0, count=2)
   state, losses = _run(initial_state, (1, 1, 1), batches)
   assert losses[1] != losses[0]  # the first step really changed the parameters
   return batches, losses, jax.device_get(state.params)
@@ -116,7 +107,7 @@ def test_grad_accumulation_averages_micro_batches(initial_state):
   sgd = optax.sgd(0.1)
   start = train.TrainState(step=initial_state.step, params=initial_state.params,
                            opt_state=sgd.init(initial_state.params))
-  batch = _random_batches(seed=2, count=1)[0]
+  batch = random_batches(seed=2, count=1)[0]
   state, (loss,) = _run(start, (2, 4, 1), [batch], "train.grad_accum_steps=2", tx=sgd,
                         tx_name="sgd")
   singles, micro_losses = [], []

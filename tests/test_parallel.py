@@ -5,17 +5,8 @@ That any mesh shape trains like one device is tested in tests/test_mesh.py."""
 import jax
 import numpy as np
 
-from helpers import tiny_config
+from helpers import random_batches, tiny_config
 from rsjax import parallel, train
-
-
-def _random_batches(seed: int, count: int) -> list[dict]:
-  """`count` batches of 16 random 32 px images and 10-token captions (end-of-text id 3, padding)."""
-  rng = np.random.default_rng(seed)
-  return [{"image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-           "tokens": np.concatenate([rng.integers(4, 200, (16, 10)), np.full((16, 1), 3),
-                                     np.zeros((16, 13), int)], 1).astype(np.int32)}
-          for _ in range(count)]
 
 
 def test_mesh_errors_name_the_problem():
@@ -32,7 +23,7 @@ def test_hashing_head_and_siglip_train_on_the_mesh():
   """Config-driven assembly: a 16-bit hashing head and the SigLIP loss train on 8 devices."""
   config = tiny_config("model.hashing.bits=16", "train.loss=siglip", "model.logit_bias=True",
                        "model.init_logit_bias=-10.0")
-  batches = _random_batches(seed=1, count=2)
+  batches = random_batches(seed=1, count=2)
   mesh = parallel.make_mesh(config)
   model = train.create_model(config)
   tx = train.make_optimizer(config.train)
