@@ -1,23 +1,16 @@
-"""Metrics as data: JSON lines that reports are made from, plus human progress output.
+"""Metrics as data: JSON lines that reports are made from.
 
-Only process 0 writes or prints, so a multi-host run logs once.
+Only process 0 writes, so a multi-host run records each row once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-  """Prints a progress line with the elapsed wall time (process 0 only)."""
-  if jax.process_index() == 0:
-    print(f"[rsjax {time.perf_counter() - _START:7.1f}s] {message}", flush=True)
+from rsjax import atomic
 
 
 class MetricWriter:
@@ -32,9 +25,7 @@ class MetricWriter:
         rows = [line for line in f if line.strip()]
       kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
       if len(kept) != len(rows):
-        with open(path + ".tmp", "w") as f:
-          f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        atomic.write_text(path, "".join(kept))
 
   def write(self, row: dict) -> None:
     if self.active:

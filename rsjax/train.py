@@ -28,7 +28,8 @@ from rsjax.data import pipeline
 from rsjax.data.datasets import RetrievalData, load_retrieval_data
 from rsjax.losses import contrastive_loss, hashing_loss
 from rsjax.models.heads import hash_beta
-from rsjax.metric_writer import MetricWriter, log
+from rsjax.console import log
+from rsjax.metric_writer import MetricWriter
 from rsjax.models.two_tower import TwoTower
 
 

@@ -18,7 +18,7 @@ from rsjax import cli, convert, parallel
 from rsjax.config import load_config
 from rsjax.data.clip_preprocess import clip_pixels
 from rsjax.data.clip_tokenizer import ClipTokenizer
-from rsjax.evaluate import normalize_images
+from rsjax.pixels import normalize_images
 from rsjax.models.two_tower import TwoTower
 from torchvision_shim import import_open_clip
 

@@ -16,7 +16,7 @@ from PIL import Image
 from rsjax import cli, convert
 from rsjax.data.clip_preprocess import clip_normalize, clip_pixels
 from rsjax.data.clip_tokenizer import ClipTokenizer
-from rsjax.evaluate import normalize_images
+from rsjax.pixels import normalize_images
 from rsjax.models.two_tower import TwoTower
 from torchvision_shim import import_open_clip
 

@@ -39,7 +39,7 @@ def run(args) -> int:
 
   from rsjax import evaluate, parallel, search_inputs
   from rsjax.data.datasets import load_retrieval_data
-  from rsjax.metric_writer import log
+  from rsjax.console import log
 
   workdir = os.path.abspath(args.workdir)
   parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from rsjax.data import decode, records, sources
-from rsjax.metric_writer import log
+from rsjax.console import log
 
 
 def read_checked(data: ml_collections.ConfigDict) -> tuple[list[records.Record], records.BadRecords]:

@@ -5,7 +5,7 @@ open_clip's `image_transform(size, is_train=False)` with its defaults is: resize
 `size` x `size` (offsets rounded as round((H - size) / 2)), convert to RGB, scale to [0, 1],
 normalize with OpenAI's mean/std. Here the first three steps give uint8 pixels, so the result feeds
 the rsjax pipeline unchanged (uint8 -> [-1, 1] on the device); a model with
-`model.image.input_norm="clip"` then applies the mean/std (rsjax.models.vit.CLIP_MEAN/CLIP_STD).
+`model.image.input_norm="clip"` then applies the mean/std (rsjax.pixels.CLIP_MEAN/CLIP_STD).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from rsjax.models.vit import CLIP_MEAN, CLIP_STD
+from rsjax.pixels import CLIP_MEAN, CLIP_STD
 
 
 def resize_shortest_side(image: Image.Image, size: int) -> Image.Image:

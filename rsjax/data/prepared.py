@@ -29,7 +29,7 @@ import numpy as np
 
 from rsjax.data import augment, decode, stream, tfds_builders, tokenizer_files
 from rsjax.data.datasets import RetrievalData, _eval_split, tokenizer_for
-from rsjax.metric_writer import log
+from rsjax.console import log
 
 
 @dataclasses.dataclass

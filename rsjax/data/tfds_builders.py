@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rsjax.data import decode, records, sources
-from rsjax.metric_writer import log
+from rsjax.console import log
 
 
 @dataclasses.dataclass(frozen=True)

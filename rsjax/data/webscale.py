@@ -199,7 +199,7 @@ def convert(kind: str, sources: Sequence[str], out_dir: str, image_dir: str = ""
   state["complete"] = True
   _save_state(state_path, state)
   if state["bad_records"]:
-    from rsjax.metric_writer import log
+    from rsjax.console import log
     log(f"skipped {len(state['bad_records'])} bad record(s):\n" + "\n".join(
         f"  {b['error']}: {b['message']}" for b in state["bad_records"]))
   return out_dir

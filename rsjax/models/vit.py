@@ -20,10 +20,7 @@ import numpy as np
 from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
 from rsjax.models.pyramid import FeaturePyramid
-
-# OpenAI CLIP's per-channel RGB statistics on [0, 1] pixels (also open_clip's OPENAI_DATASET_*).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+from rsjax.pixels import CLIP_MEAN, CLIP_STD
 
 # CLIP-shaped sizes: name -> (width, depth, heads).
 VIT_SIZES = {
