@@ -27,7 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import report  # noqa: E402
-from rsjax import parallel, train  # noqa: E402
+from rsjax import parallel  # noqa: E402
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import step as train_step
 from rsjax.config import load_config  # noqa: E402
 from rsjax.models.registry import model_config  # noqa: E402
 
@@ -35,10 +38,10 @@ MIB = 2 ** 20
 
 
 def compiled_memory(config, mesh) -> dict:
-  model = train.create_model(config)
-  tx = train.make_optimizer(config.train)
-  abstract, shardings = train.state_layout(model, tx, config, mesh)
-  step = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  model = state_lib.create_model(config)
+  tx = optim.make_optimizer(config.train)
+  abstract, shardings = state_lib.state_layout(model, tx, config, mesh)
+  step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings, mesh)
   b, s, length = config.train.batch_size, config.data.image_size, config.model.text.context_length
   batch_sharding = parallel.batch_sharding(mesh)
   batch = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8, sharding=batch_sharding),

@@ -22,7 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import report  # noqa: E402
-from rsjax import parallel, train  # noqa: E402
+from rsjax import parallel  # noqa: E402
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import step as train_step
 from rsjax.config import load_config  # noqa: E402
 
 
@@ -43,10 +46,10 @@ def _timed(fn) -> float:
 
 def measure(config, steps: int) -> dict:
   mesh = parallel.make_mesh(config)
-  model = train.create_model(config)
-  tx = train.make_optimizer(config.train)
-  state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
-  step_fn = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  model = state_lib.create_model(config)
+  tx = optim.make_optimizer(config.train)
+  state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(0))
+  step_fn = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings, mesh)
   b, s, length = config.train.batch_size, config.data.image_size, config.model.text.context_length
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),

@@ -22,7 +22,7 @@ rounding alone moves the val metrics, the yardstick for the rsjax - open_clip di
 Measured: median train-step time (host batch in, updated parameters out; the first steps left
 out), images/s of the image tower alone (inference, the same batch), peak RSS, achieved FLOP/s and
 its fraction of the machine's peak (the better of a 4096^3 float32 matmul in torch and in JAX), and
-after training the val metrics of rsjax.label_retrieval with relevance = same class: zero-shot
+after training the val metrics of rsjax.evaluation.labels with relevance = same class: zero-shot
 top-1, text->image mAP of the class prompts, image->image mAP@20 with dense embeddings and with
 16/32/64-bit SimHash codes (one projection for both frameworks).
 
@@ -119,12 +119,12 @@ def decayed_keys(config, flat: dict[str, np.ndarray]) -> list[str]:
   import jax
   import jax.numpy as jnp
 
-  from rsjax import train
+  from rsjax import optim
   from rsjax.convert import torch_key
 
   probe = config.train.copy_and_resolve_references()
   probe.update(warmup_steps=0, learning_rate=1.0, final_lr_fraction=1.0, steps=2)
-  tx = train.make_optimizer(probe)
+  tx = optim.make_optimizer(probe)
   params = flax.traverse_util.unflatten_dict(
       {k: jnp.ones(v.shape, jnp.float32) for k, v in flat.items()}, sep="/")
   update = jax.jit(lambda p: tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0])
@@ -146,7 +146,7 @@ def prepare_data(path: str, out: str, image_size: int = IMAGE_SIZE,
   import ml_collections
 
   from rsjax.data.annotated import class_labels, decode_records, read_checked
-  from rsjax.data.datasets import tokenizer_for
+  from rsjax.data.tokenize import tokenizer_for
   from rsjax.data.tokenizers import EOS
 
   data = ml_collections.ConfigDict(dict(
@@ -205,11 +205,12 @@ def rsjax_init(config, seed: int, devices=None) -> dict[str, np.ndarray]:
   import flax
   import jax
 
-  from rsjax import parallel, train
+  from rsjax import optim, parallel
+  from rsjax import state as state_lib
 
-  model, tx = train.create_model(config), train.make_optimizer(config.train)
+  model, tx = state_lib.create_model(config), optim.make_optimizer(config.train)
   mesh = parallel.make_mesh(config, devices)
-  state, _ = train.init_state(model, tx, config, mesh, jax.random.key(seed))
+  state, _ = state_lib.init_state(model, tx, config, mesh, jax.random.key(seed))
   return {k: np.asarray(v) for k, v in
           flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/").items()}
 
@@ -224,20 +225,23 @@ class RsjaxTrainer:
     import jax
     import jax.numpy as jnp
 
-    from rsjax import evaluate, parallel, train
+    from rsjax import optim, parallel
+    from rsjax import state as state_lib
+    from rsjax.evaluation import encode
+    from rsjax.train import step as train_step
 
     self.mesh = parallel.make_mesh(config, devices)
     self.rules = parallel.rules_for(config)
-    model = train.create_model(config)
-    tx = train.make_optimizer(config.train)
-    _, shardings = train.state_layout(model, tx, config, self.mesh)
+    model = state_lib.create_model(config)
+    tx = optim.make_optimizer(config.train)
+    _, shardings = state_lib.state_layout(model, tx, config, self.mesh)
     params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, "/")
-    self.state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+    self.state = jax.jit(lambda p: state_lib.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                          out_shardings=shardings)(params)
-    self.jitted = train.compile_train_step(train.make_train_step(model, tx, config, self.mesh),
-                                           shardings, self.mesh)
+    self.jitted = train_step.compile_train_step(
+        train_step.make_train_step(model, tx, config, self.mesh), shardings, self.mesh)
     self.compiled = None
-    self.enc_img, self.enc_txt = evaluate.encoders(model)
+    self.enc_img, self.enc_txt = encode.encoders(model)
 
   def step(self, batch: dict) -> float:
     """One update on host arrays {'image' uint8 [B,S,S,3], 'tokens' int32 [B,L]}; blocks on the
@@ -262,11 +266,11 @@ class RsjaxTrainer:
         jax.device_get(self.state.params), sep="/").items()}
 
   def encode_image(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [B, S, S, 3] -> unit-norm [B, E] (rsjax.evaluate's jitted encoder)."""
+    """uint8 [B, S, S, 3] -> unit-norm [B, E] (rsjax.evaluation.encode's jitted encoder)."""
     return self._encode(self.enc_img, images)
 
   def _encode(self, encode, x: np.ndarray) -> np.ndarray:
-    """`encode` on x split over the mesh's data axis, as rsjax.evaluate.encode_in_batches does."""
+    """`encode` on x split over the mesh's data axis, as encode.encode_in_batches does."""
     import jax
 
     from rsjax import parallel
@@ -551,24 +555,24 @@ def _open_clip_run(spec: dict, data: dict, tag: str) -> dict:
 
 def class_embeddings(prompt_emb: np.ndarray, classes: int) -> np.ndarray:
   """Unit-norm prompt embeddings [C*T, E] -> mean per class, renormalised [C, E]
-  (rsjax.evaluate.class_embeddings' rule, applied alike to both frameworks)."""
+  (rsjax.evaluation.zero_shot.class_embeddings' rule, applied alike to both frameworks)."""
   emb = prompt_emb.reshape(classes, -1, prompt_emb.shape[-1]).mean(1)
   return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
 def score(val_emb: np.ndarray, prompt_emb: np.ndarray, labels: np.ndarray, classes: int) -> dict:
-  """rsjax.label_retrieval metrics (percent), SimHash codes of SIMHASH_SEED."""
-  from rsjax.label_retrieval import label_metrics, simhash_codes
+  """rsjax.evaluation.labels metrics (percent), SimHash codes of SIMHASH_SEED."""
+  from rsjax.evaluation.labels import label_metrics, simhash_codes
 
   codes = {b: simhash_codes(val_emb, b, seed=SIMHASH_SEED) for b in CODE_BITS}
   return label_metrics(val_emb, labels, class_embeddings(prompt_emb, classes), codes)
 
 
 def learning_rates(config) -> list[float]:
-  """rsjax's learning rate at each step (rsjax.train.learning_rate_schedule), for torch."""
-  from rsjax import train
+  """rsjax's learning rate at each step (rsjax.optim.learning_rate_schedule), for torch."""
+  from rsjax import optim
 
-  schedule = train.learning_rate_schedule(config.train)
+  schedule = optim.learning_rate_schedule(config.train)
   return [float(schedule(i)) for i in range(config.train.steps)]
 
 

@@ -6,7 +6,7 @@ and 64-bit hashing heads, within 30 minutes on a 2-core CPU.
 
 Reports on the val split (448 images): zero-shot top-1 accuracy, text->image mAP of the class
 prompts, image->image mAP@20 with dense embeddings and with the leading 16/32/64 bits of the hash
-codes, relevance = same class (rsjax/label_retrieval.py), plus the usual recalls.
+codes, relevance = same class (rsjax/evaluation/labels.py), plus the usual recalls.
 
 Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for the ablations in the README:
   pyramid=0|1   the feature pyramid over the trunk (default 0: it did not help, see below)
@@ -109,8 +109,8 @@ def get_config(arg=None):
   if loss == "siglip":
     c.model.update(logit_bias=True, init_logit_bias=-10.0, init_logit_scale=2.3026)
 
-  c.eval.update(split="val", batch_size=224, at_step0=True, every=0, label_metrics=True,
-                templates=TEMPLATES)
+  c.eval.update(split="val", batch_size=224, at_step0=True, every=0,
+                evaluators=("retrieval", "labels"), templates=TEMPLATES)
 
   if "runlocal" in args:
     c.train.update(steps=int(args.get("steps", 10)), batch_size=32, warmup_steps=2, log_every=5,

@@ -88,9 +88,11 @@ def get_config(arg=None):
   )
 
   # every: evaluate on the val split every N steps (0: only at the end, on eval.split).
-  # label_metrics: also zero-shot accuracy and mAP with relevance by class (labelled sets;
-  # templates: the class prompts, "" -> data.label_prompt).
-  c.eval = dict(split="test", batch_size=500, at_step0=True, every=0, label_metrics=False,
+  # evaluators: run on eval.split at step 0 and at the end, by name (rsjax/evaluation/registry.py):
+  # "retrieval" (recalls, mR), "hashing" (Hamming mAP; needs model.hashing.bits), "labels"
+  # (zero-shot accuracy and mAP with relevance by class; labelled sets, with `templates` as the
+  # class prompts, () -> data.label_prompt), "gallery". `rsjax eval` adds hashing and gallery.
+  c.eval = dict(split="test", batch_size=500, at_step0=True, every=0, evaluators=("retrieval",),
                 templates=())
 
   # -1: all remaining devices. A single host CPU gives mesh (1, 1, 1). dcn_data: slices (TPU

@@ -14,6 +14,12 @@ import tempfile
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[str]:
   """Yields a temporary path beside `path`; renames it onto `path` when the block completes.
@@ -25,6 +31,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
   os.close(fd)
+  os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
   try:
     yield tmp
     os.replace(tmp, path)
@@ -65,7 +72,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-  with atomic_file(path) as tmp, open(tmp, "w") as f:
+  with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
 
 

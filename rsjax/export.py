@@ -8,31 +8,20 @@ rsjax.convert uses for import, run backwards.
 
 from __future__ import annotations
 
-import os
-
+import flax
+import jax
 import numpy as np
+
+from rsjax import parallel, state
 
 FORMATS = ("open_clip",)
 
 
 def params_from_run(config, workdir: str) -> tuple[dict[str, np.ndarray], int]:
   """(flat params of the latest checkpoint in `workdir`, its step)."""
-  import flax
-  import jax
-
-  from rsjax import parallel
-  from rsjax.checkpoint import Checkpointer
-  from rsjax.train import create_model, make_optimizer, state_layout
-
   mesh = parallel.make_mesh(config)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-  abstract, _ = state_layout(create_model(config), make_optimizer(config.train), config, mesh)
-  state = ckpt.restore(step, abstract, config=config)
-  ckpt.close()
-  flat = flax.traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  _, params, step = state.load_model(config, workdir, mesh, check_config=True)
+  flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
   return {k: np.asarray(v, np.float32) for k, v in flat.items()}, step
 
 

@@ -19,10 +19,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 
 import numpy as np
+
+from rsjax import atomic
 
 FORMAT = "rsjax-index"
 VERSION = 1
@@ -152,19 +153,7 @@ def read_meta(path: str) -> dict:
   return meta
 
 
-def _write_atomic(path: str, write) -> None:
-  folder = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _check_identity(meta: dict, identity: dict, path: str) -> None:
+def check_identity(meta: dict, identity: dict, path: str) -> None:
   theirs = meta["model"]
   diff = [k for k in ("params_digest", "tokenizer_digest") if theirs.get(k) != identity.get(k)]
   if theirs.get("config", {}).get("model") != identity["config"].get("model"):
@@ -201,7 +190,7 @@ def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
       raise IndexFileError(f"{path} already holds an index; pass --append to add to it, or choose "
                         "another --out")
     meta = read_meta(path)
-    _check_identity(meta, identity, path)
+    check_identity(meta, identity, path)
     if meta["dense_dtype"] != dense_dtype or meta["dim"] != dense.shape[1] or meta["bits"] != bits:
       raise IndexFileError(
           f"index {path} holds {meta['dense_dtype']} vectors of {meta['dim']} dims and "
@@ -217,16 +206,10 @@ def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
   if codes is not None:
     arrays["codes"] = np.asarray(codes, np.uint8)
 
-  def save_arrays(tmp):
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-
-  def save_paths(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump([os.path.abspath(p) for p in paths], f)
-
-  _write_atomic(os.path.join(path, arrays_name), save_arrays)
-  _write_atomic(os.path.join(path, paths_name), save_paths)
+  with atomic.atomic_file(os.path.join(path, arrays_name)) as tmp, open(tmp, "wb") as f:
+    np.savez(f, **arrays)  # a file object: np.savez would add .npz to a bare name
+  atomic.write_json(os.path.join(path, paths_name), [os.path.abspath(p) for p in paths],
+                    indent=None)
   files = {}
   for name in (arrays_name, paths_name):
     full = os.path.join(path, name)
@@ -239,11 +222,7 @@ def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
   else:
     meta["building"] = building
   # index.json last: a crash before this line leaves the index as it was.
-  def save_meta(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(meta, f, indent=1)
-
-  _write_atomic(_meta_path(path), save_meta)
+  atomic.write_json(_meta_path(path), meta, indent=1)
   meta["path"] = os.path.abspath(path)
   return meta
 

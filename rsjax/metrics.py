@@ -1,4 +1,4 @@
-"""Pure retrieval metric functions (RS-literature protocol, see DESIGN.md).
+"""Pure retrieval metric functions (RS-literature protocol, docs/evaluation.md).
 
 Ranks are 0-based positions in a stable descending sort of the scores: an item outranks the
 ground truth when its score is higher, or equal with a lower index. This breaks ties
@@ -63,6 +63,32 @@ def retrieval_metrics(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str,
   return out
 
 
+def average_precision_at_k(rel, k: int | None = None, xp=np):
+  """AP@k of each query from its relevance in rank order: rel [Q, N] (0/1 floats) -> [Q].
+
+  AP@k = sum_{r <= k} P(r) rel(r) / (relevant items in the top k), 0 where the top k holds none
+  (the DCMH / DUCH convention). `xp` is numpy (float64 host rankings) or jax.numpy (on-device
+  Hamming rankings): one definition serves dense and binary retrieval."""
+  if k is not None:
+    rel = rel[:, :k]
+  hits = xp.cumsum(rel, axis=1)
+  precision = hits / xp.arange(1, rel.shape[1] + 1, dtype=rel.dtype)
+  found = hits[:, -1]
+  return xp.where(found > 0, xp.sum(precision * rel, axis=1) / xp.maximum(found, 1), 0.0)
+
+
+def dense_average_precision(scores: np.ndarray, relevant: np.ndarray,
+                            k: int | None = None) -> np.ndarray:
+  """AP@k of each query of a dense ranking (higher score first; ties by lower index).
+
+  scores [Q, N] float, relevant [Q, N] bool -> [Q] float64 in [0, 1]."""
+  order = np.argsort(-scores, axis=1, kind="stable")
+  if k is not None:
+    order = order[:, :k]
+  rel = np.take_along_axis(relevant, order, axis=1).astype(np.float64)
+  return average_precision_at_k(rel)
+
+
 # ---------------------------------------------------------------------------------------------
 # Hashing: Hamming ranking (DUCH protocol). Items are ranked by Hamming distance to the query,
 # ties by the lower database index (a stable sort). Relevance: a query and a database item are
@@ -97,14 +123,10 @@ def hamming_ranking_stats(dist: jax.Array, relevant: jax.Array, ks: tuple[int, .
   order = jnp.argsort(dist, axis=1, stable=True)
   rel = jnp.take_along_axis(relevant, order, axis=1).astype(jnp.float32)  # [T, N] in rank order
   cum = jnp.cumsum(rel, axis=1)
-  position = jnp.arange(1, dist.shape[1] + 1, dtype=jnp.float32)
-  precision_at = cum / position
   out = {}
   for k in ks:
-    hits = cum[:, k - 1]
-    out[f"ap@{k}"] = jnp.where(hits > 0, jnp.sum((precision_at * rel)[:, :k], 1)
-                               / jnp.maximum(hits, 1), 0.0)
-    out[f"p@{k}"] = hits / k
+    out[f"ap@{k}"] = average_precision_at_k(rel, k, xp=jnp)
+    out[f"p@{k}"] = cum[:, k - 1] / k
   within = dist <= radius
   out["radius_found"] = within.sum(1).astype(jnp.int32)
   out["radius_hits"] = (within & relevant).sum(1).astype(jnp.int32)

@@ -141,12 +141,14 @@ def _lower(config, mesh):
   """(lowered train step, abstract state) for `config` on `mesh`."""
   import jax
 
-  from rsjax import train
+  from rsjax import optim, state
+  from rsjax.train import step as train_step
 
-  model = train.create_model(config)
-  tx = train.make_optimizer(config.train)
-  abstract, shardings = train.state_layout(model, tx, config, mesh)
-  step = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  model = state.create_model(config)
+  tx = optim.make_optimizer(config.train)
+  abstract, shardings = state.state_layout(model, tx, config, mesh)
+  step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh),
+                                       shardings, mesh)
   with jax.set_mesh(mesh):
     return step.lower(abstract, _abstract_batch(config, mesh)), abstract
 
@@ -173,7 +175,8 @@ def make_plan(config, mesh: tuple[int, int, int], chip: str, mfu: float = 0.4,
   """
   import jax
 
-  from rsjax import parallel, train
+  from rsjax import parallel
+  from rsjax.train.step import grad_accum_steps
 
   if chip not in CHIPS:
     raise ValueError(f"unknown chip '{chip}', choose from {sorted(CHIPS)}")
@@ -185,7 +188,7 @@ def make_plan(config, mesh: tuple[int, int, int], chip: str, mfu: float = 0.4,
     raise ValueError(f"mesh {mesh} needs {n} devices, {len(devices)} are available")
   config = with_mesh(config, mesh)
   jax_mesh = parallel.make_mesh(config, devices[:n])
-  accum = train.grad_accum_steps(config)
+  accum = grad_accum_steps(config)
   parallel.check_batch(config.train.batch_size, jax_mesh, accum)
   _check_divisible(config, mesh)
 

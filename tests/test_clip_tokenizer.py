@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rsjax.data.clip_tokenizer import VOCAB_SHA256, ClipTokenizer, file_sha256, find_vocab
-from rsjax.data.datasets import tokenizer_for
+from rsjax.data.tokenize import tokenizer_for
 from torchvision_shim import import_open_clip
 
 SETS = ("ucm_captions", "sydney_captions", "rsicd", "rsitmd", "levir_cc")

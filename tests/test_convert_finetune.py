@@ -112,7 +112,8 @@ def test_wrong_arch_names_the_misfits(tiny, tmp_path):
 
 
 def _abstract_params(config):
-  from rsjax.train import create_model, make_optimizer, state_layout
+  from rsjax.optim import make_optimizer
+  from rsjax.state import create_model, state_layout
   mesh = parallel.make_mesh(config)
   abstract, _ = state_layout(create_model(config), make_optimizer(config.train), config, mesh)
   return abstract.params

@@ -127,7 +127,7 @@ def test_converted_corpus_trains_with_rsjax_train(shared_data, tmp_path):
   trainer, with retrieval evaluation on a prepared held-out set."""
   import jax
   from helpers import tiny_config
-  from rsjax.train import train
+  from rsjax.train.loop import train
   webscale.convert("webdataset", _corpus(shared_data, tmp_path), str(tmp_path / "corpus"),
                    shard_size=2, skip_bad_records=True, progress=False)
   tfds_builders.prepare("rsicd_samples", str(shared_data / "rsicd_samples"), str(tmp_path / "held"))

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import SMOKE, cli_sets
 from rsjax.cli import main
-import rsjax.train  # noqa: F401  imported before jax.jit is patched: modules jit at import time
+import rsjax.train.loop  # noqa: F401  imported before jax.jit is patched: modules jit at import time
 import rsjax.data.annotated  # noqa: F401
 
 CASES = {

@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from rsjax import train as train_mod
+from rsjax.train import loop as train_loop
 from rsjax.config import load_config
 from rsjax.data import records
 
@@ -77,14 +77,14 @@ def test_bad_record_stops_the_run_naming_it(small_set, tmp_path_factory, defect)
   folder, rows = small_set
   name = _break(folder, rows, defect)
   with pytest.raises(ERRORS[defect], match=name):
-    train_mod.train(_config(folder), str(tmp_path_factory.mktemp("run")), devices=ONE_DEVICE)
+    train_loop.train(_config(folder), str(tmp_path_factory.mktemp("run")), devices=ONE_DEVICE)
 
 
 def test_skip_bad_records_skips_exactly_the_bad_ones_and_reports_them(small_set, tmp_path_factory,
                                                                       capsys):
   folder, rows = small_set
   names = [_break(folder, rows, d) for d in sorted(ERRORS)]
-  train_mod.train(_config(folder, "data.skip_bad_records=True"),
+  train_loop.train(_config(folder, "data.skip_bad_records=True"),
                   str(tmp_path_factory.mktemp("run")), devices=ONE_DEVICE)
   out = capsys.readouterr().out
   assert "skipped 3 bad record(s):" in out
@@ -111,7 +111,7 @@ def test_file_going_bad_during_a_streamed_run_is_named(small_set, tmp_path_facto
   """The set passes its checks at start-up; then every train image is truncated on disk (a failing
   network file system, say). The first batch that reads one stops the run naming the file."""
   folder, rows = small_set
-  loader = train_mod.load_retrieval_data
+  loader = train_loop.load_retrieval_data
 
   def load_then_break(*args, **kwargs):
     data = loader(*args, **kwargs)
@@ -120,7 +120,7 @@ def test_file_going_bad_during_a_streamed_run_is_named(small_set, tmp_path_facto
         _truncate(folder / r["image"])
     return data
 
-  monkeypatch.setattr(train_mod, "load_retrieval_data", load_then_break)
+  monkeypatch.setattr(train_loop, "load_retrieval_data", load_then_break)
   with pytest.raises(records.CorruptImageError, match=r"RSICD_images/.*\.jpg|\d+\.jpg"):
-    train_mod.train(_config(folder, "data.stream=True"), str(tmp_path_factory.mktemp("run")),
+    train_loop.train(_config(folder, "data.stream=True"), str(tmp_path_factory.mktemp("run")),
                     devices=ONE_DEVICE)

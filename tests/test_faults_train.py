@@ -25,7 +25,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from helpers import SMOKE, cli_sets, tiny_config
-from rsjax import train as train_mod
+from rsjax.train import guards as train_guards
+from rsjax.train import loop as train_loop
+from rsjax.train import step as train_step
 from rsjax.checkpoint import _path_name
 from rsjax.checkpoint import CheckpointMismatchError, CheckpointReadError, CheckpointWriteError
 
@@ -140,13 +142,13 @@ def _poison(monkeypatch, bad_steps, where="loss"):
     return x
 
   poison_grad.defvjp(lambda x: (x, None), lambda _, g: (g * nan_factor(),))
-  original = train_mod.contrastive_loss
+  original = train_step.contrastive_loss
 
   def poisoned(*args, **kwargs):
     loss = original(*args, **kwargs)
     return loss * nan_factor() if where == "loss" else poison_grad(loss)
 
-  monkeypatch.setattr(train_mod, "contrastive_loss", poisoned)
+  monkeypatch.setattr(train_step, "contrastive_loss", poisoned)
 
 
 def test_nonfinite_step_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
@@ -154,9 +156,9 @@ def test_nonfinite_step_stops_naming_the_step_and_keeps_the_last_good_checkpoint
   # Gradient-only faults take the same check (the skip test below injects one).
   _poison(monkeypatch, {5}, "loss")
   config = tiny_config("train.steps=8", "train.checkpoint_every=2", "eval.at_step0=False")
-  with pytest.raises(train_mod.NonFiniteLossError,
+  with pytest.raises(train_guards.NonFiniteLossError,
                      match=r"at step 5; stopping. The last good checkpoint is step 4"):
-    train_mod.train(config, str(tmp_path), devices=ONE_DEVICE)
+    train_loop.train(config, str(tmp_path), devices=ONE_DEVICE)
   assert _finished_steps(tmp_path) == [2, 4]
   assert all(np.isfinite(v).all() for v in _state(tmp_path, 4).values())
 
@@ -165,7 +167,7 @@ def test_nonfinite_step_is_skipped_and_counted_when_configured(tmp_path, monkeyp
   _poison(monkeypatch, {4}, "grad")
   config = tiny_config("train.steps=6", "train.checkpoint_every=1", "train.keep_checkpoints=10",
                        "train.nonfinite=skip", "eval.at_step0=False")
-  train_mod.train(config, str(tmp_path), devices=ONE_DEVICE)
+  train_loop.train(config, str(tmp_path), devices=ONE_DEVICE)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {"step": 4, "skipped_steps": 1} in rows
   s3, s4, s5 = (_state(tmp_path, s) for s in (3, 4, 5))
@@ -180,8 +182,8 @@ def test_too_many_consecutive_skips_stop_the_run(tmp_path, monkeypatch):
   _poison(monkeypatch, {3, 4}, "loss")
   config = tiny_config("train.steps=6", "train.nonfinite=skip", "train.max_consecutive_skips=1",
                        "eval.at_step0=False")
-  with pytest.raises(train_mod.NonFiniteLossError, match="2 non-finite steps in a row up to step 4"):
-    train_mod.train(config, str(tmp_path), devices=ONE_DEVICE)
+  with pytest.raises(train_guards.NonFiniteLossError, match="2 non-finite steps in a row up to step 4"):
+    train_loop.train(config, str(tmp_path), devices=ONE_DEVICE)
 
 
 # ---------------------------------------------------------------------------- bad checkpoints
@@ -189,7 +191,7 @@ def test_too_many_consecutive_skips_stop_the_run(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def _pristine_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("pristine")
-  train_mod.train(tiny_config("train.steps=4", "eval.at_step0=False"), str(workdir),
+  train_loop.train(tiny_config("train.steps=4", "eval.at_step0=False"), str(workdir),
                   devices=ONE_DEVICE)
   assert _finished_steps(workdir) == [2, 4]
   return workdir
@@ -216,11 +218,11 @@ def test_truncated_checkpoint_is_refused_unless_fallback_is_configured(two_check
   before = _tree_digest(workdir / "checkpoints")
   with pytest.raises(CheckpointReadError,
                      match=r"(?s)checkpoint step 4 .*unreadable.*restore_fallback=True would fall back to step 2"):
-    train_mod.train(tiny_config("train.steps=6", "eval.at_step0=False"), str(workdir),
+    train_loop.train(tiny_config("train.steps=6", "eval.at_step0=False"), str(workdir),
                     devices=ONE_DEVICE)
   assert _tree_digest(workdir / "checkpoints") == before  # refusing touched nothing
 
-  train_mod.train(tiny_config("train.steps=6", "eval.at_step0=False", "train.restore_fallback=True"),
+  train_loop.train(tiny_config("train.steps=6", "eval.at_step0=False", "train.restore_fallback=True"),
                   str(workdir), devices=ONE_DEVICE)
   out = capsys.readouterr().out
   assert "refusing checkpoint step 4" in out and "falling back to step 2" in out
@@ -232,7 +234,7 @@ def test_truncated_checkpoint_is_refused_unless_fallback_is_configured(two_check
 
 def test_checkpoint_of_another_model_shape_names_the_parameters(two_checkpoints):
   with pytest.raises(CheckpointMismatchError) as err:
-    train_mod.train(tiny_config("train.steps=6", "model.embed_dim=8", "eval.at_step0=False"),
+    train_loop.train(tiny_config("train.steps=6", "model.embed_dim=8", "eval.at_step0=False"),
                     str(two_checkpoints), devices=ONE_DEVICE)
   message = str(err.value)
   assert "checkpoint step 4" in message and "does not fit this model" in message
@@ -244,7 +246,7 @@ def test_checkpoint_of_another_model_config_names_the_key(two_checkpoints):
   # A causal text tower has the same parameter shapes: only the saved config tells them apart.
   with pytest.raises(CheckpointMismatchError,
                      match=r"model.text.causal: checkpoint False vs config True"):
-    train_mod.train(tiny_config("train.steps=6", "model.text.causal=True", "eval.at_step0=False"),
+    train_loop.train(tiny_config("train.steps=6", "model.text.causal=True", "eval.at_step0=False"),
                     str(two_checkpoints), devices=ONE_DEVICE)
 
 
@@ -266,11 +268,11 @@ def test_failed_checkpoint_write_is_reported_and_the_previous_one_survives(tmp_p
   with pytest.raises(CheckpointWriteError, match=(
       rf"(?s)could not write the checkpoint of step 4 .*{os.strerror(code)}.*"
       r"the previous checkpoint \(step 2\) is intact")):
-    train_mod.train(config, str(tmp_path), devices=ONE_DEVICE)
+    train_loop.train(config, str(tmp_path), devices=ONE_DEVICE)
   assert _finished_steps(tmp_path) == [2]
 
   monkeypatch.setattr(grain.checkpoint.CheckpointHandler, "save", original)  # space freed
-  train_mod.train(config, str(tmp_path), devices=ONE_DEVICE)
+  train_loop.train(config, str(tmp_path), devices=ONE_DEVICE)
   assert _finished_steps(tmp_path)[-1] == 6
 
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from rsjax import label_retrieval
-from rsjax.evaluate import duch_query_split
+from rsjax import metrics
+from rsjax.evaluation import labels as label_eval
+from rsjax.evaluation.hashing import duch_query_split
 
 
 def ref_ap(scores, relevant, k=None):
@@ -28,7 +29,7 @@ def test_average_precision_matches_reference_with_ties(k):
   scores = rng.integers(0, 4, size=(6, 30)).astype(np.float32)  # many equal scores
   relevant = rng.random((6, 30)) < 0.3
   relevant[0] = False  # a query without relevant items scores 0
-  got = label_retrieval.average_precision(scores, relevant, k)
+  got = metrics.dense_average_precision(scores, relevant, k)
   want = [ref_ap(s, r, k) for s, r in zip(scores, relevant, strict=True)]
   np.testing.assert_allclose(got, want, rtol=1e-12)
   assert got[0] == 0.0
@@ -41,8 +42,8 @@ def test_label_metrics_match_reference():
   classes = unit(rng.standard_normal((c, e)))
   images = unit(classes[labels] + 0.8 * rng.standard_normal((n, e)))
   images[7] = images[3]  # equal embeddings: a tie in every ranking
-  codes = {b: label_retrieval.simhash_codes(images, b, seed=1) for b in (16, 32)}
-  got = label_retrieval.label_metrics(images, labels, classes, codes)
+  codes = {b: label_eval.simhash_codes(images, b, seed=1) for b in (16, 32)}
+  got = label_eval.label_metrics(images, labels, classes, codes)
 
   scores = classes @ images.T
   assert got["zero_shot_top1"] == pytest.approx(100 * np.mean(scores.argmax(0) == labels))
@@ -60,18 +61,18 @@ def test_label_metrics_match_reference():
 def test_simhash_codes_are_signs_of_a_seeded_projection():
   rng = np.random.default_rng(0)
   emb = rng.standard_normal((10, 6)).astype(np.float32)
-  a = label_retrieval.simhash_codes(emb, 32, seed=5)
+  a = label_eval.simhash_codes(emb, 32, seed=5)
   assert a.shape == (10, 32) and set(np.unique(a)) <= {-1.0, 1.0}
-  np.testing.assert_array_equal(a, label_retrieval.simhash_codes(emb, 32, seed=5))
-  assert not np.array_equal(a, label_retrieval.simhash_codes(emb, 32, seed=6))
-  np.testing.assert_array_equal(label_retrieval.simhash_codes(-emb, 32, seed=5)[a < 0], 1.0)
+  np.testing.assert_array_equal(a, label_eval.simhash_codes(emb, 32, seed=5))
+  assert not np.array_equal(a, label_eval.simhash_codes(emb, 32, seed=6))
+  np.testing.assert_array_equal(label_eval.simhash_codes(-emb, 32, seed=5)[a < 0], 1.0)
 
 
 def test_label_metrics_refuse_mismatched_inputs():
   emb = unit(np.ones((4, 3)))
   with pytest.raises(ValueError, match="4 image embeddings but 3 labels"):
-    label_retrieval.label_metrics(emb, np.zeros(3, int), emb[:2])
+    label_eval.label_metrics(emb, np.zeros(3, int), emb[:2])
   with pytest.raises(ValueError, match="labels must lie in"):
-    label_retrieval.label_metrics(emb, np.array([0, 1, 2, 5]), emb[:2])
+    label_eval.label_metrics(emb, np.array([0, 1, 2, 5]), emb[:2])
   with pytest.raises(ValueError, match="16-bit codes have shape"):
-    label_retrieval.label_metrics(emb, np.zeros(4, int), emb[:2], {16: np.ones((4, 8))})
+    label_eval.label_metrics(emb, np.zeros(4, int), emb[:2], {16: np.ones((4, 8))})

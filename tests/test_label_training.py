@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from helpers import TINY
-from rsjax import cli, train
+from rsjax import cli
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import loop as train_loop
+from rsjax.train import step as train_step
 from rsjax.config import load_config
 from rsjax.data import augment, pipeline
 from rsjax.data.datasets import load_retrieval_data
@@ -99,7 +103,7 @@ def test_label_positives_train_and_report_label_metrics(tmp_path, capsys):
   overrides = ("train.steps=4", "train.checkpoint_every=4", "eval.at_step0=False")
   config = label_config(root, *overrides)
   workdir = tmp_path / "run"
-  results = train.train(config, str(workdir))
+  results = train_loop.train(config, str(workdir))
   labels = results["labels"]
   assert set(labels) == {"zero_shot_top1", "t2i_map", "i2i_map@20_dense", "i2i_map@20_16bit"}
   assert all(0.0 <= v <= 100.0 for v in labels.values())
@@ -119,16 +123,16 @@ def test_label_positives_need_labels(tmp_path):
   from helpers import tiny_config
   config = tiny_config("train.positives=label")
   with pytest.raises(ValueError, match="'train.positives' is 'label' but the train split has no"):
-    train.train(config, str(tmp_path / "run"))
+    train_loop.train(config, str(tmp_path / "run"))
 
 
 def test_hash_positives_need_labels(tmp_path):
   from helpers import tiny_config
   config = tiny_config("model.hashing.bits=16", "train.hash_positives=label")
   with pytest.raises(ValueError, match="'train.hash_positives' is 'label' but the train split"):
-    train.train(config, str(tmp_path / "run"))
+    train_loop.train(config, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="'train.hash_positives': unknown 'class'"):
-    train.train(tiny_config("model.hashing.bits=16", "train.hash_positives=class"),
+    train_loop.train(tiny_config("model.hashing.bits=16", "train.hash_positives=class"),
                 str(tmp_path / "run2"))
 
 
@@ -146,9 +150,9 @@ def test_hash_positives_set_apart_from_the_contrastive_ones():
   def first_step(*overrides):
     config = tiny_config("model.hashing.bits=16", "train.loss_sharding=auto", *overrides)
     mesh = parallel.make_mesh(config, jax.devices()[:1])
-    model, tx = train.create_model(config), train.make_optimizer(config.train)
-    state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
-    step = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings,
+    model, tx = state_lib.create_model(config), optim.make_optimizer(config.train)
+    state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(0))
+    step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings,
                                     mesh)
     with jax.set_mesh(mesh):
       _, m = step(state, parallel.shard_batch(batch, mesh))

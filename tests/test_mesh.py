@@ -13,7 +13,10 @@ import optax
 import pytest
 
 from helpers import random_batches, tiny_config
-from rsjax import parallel, train
+from rsjax import parallel
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import step as train_step
 from rsjax.checkpoint import Checkpointer
 from rsjax.data import pipeline
 
@@ -38,11 +41,11 @@ def _compiled(shape, *overrides, tx=None, tx_name="adamw"):
   if key not in _COMPILED:
     config = _config(shape, *overrides)
     mesh = parallel.make_mesh(config, _devices(shape))
-    model = train.create_model(config)
-    tx = tx or train.make_optimizer(config.train)
-    _, shardings = train.state_layout(model, tx, config, mesh)
-    step = train.make_train_step(model, tx, config, mesh)
-    _COMPILED[key] = (mesh, shardings, train.compile_train_step(step, shardings, mesh))
+    model = state_lib.create_model(config)
+    tx = tx or optim.make_optimizer(config.train)
+    _, shardings = state_lib.state_layout(model, tx, config, mesh)
+    step = train_step.make_train_step(model, tx, config, mesh)
+    _COMPILED[key] = (mesh, shardings, train_step.compile_train_step(step, shardings, mesh))
   return _COMPILED[key]
 
 
@@ -51,7 +54,7 @@ def initial_state():
   """The initial train state (AdamW) on the host; every mesh starts from these same values."""
   config = _config()
   mesh = parallel.make_mesh(config, _devices((1, 1, 1)))
-  state, _ = train.init_state(train.create_model(config), train.make_optimizer(config.train),
+  state, _ = state_lib.init_state(state_lib.create_model(config), optim.make_optimizer(config.train),
                               config, mesh, jax.random.key(0))
   return jax.device_get(state)
 
@@ -105,13 +108,13 @@ def test_grad_accumulation_averages_micro_batches(initial_state):
   """k = 2 micro-batches on mesh (2, 4, 1): the loss is the mean of the two micro-batch losses and,
   with SGD (lr 0.1), the update is the mean of the two single-micro-batch updates on 1 device."""
   sgd = optax.sgd(0.1)
-  start = train.TrainState(step=initial_state.step, params=initial_state.params,
+  start = state_lib.TrainState(step=initial_state.step, params=initial_state.params,
                            opt_state=sgd.init(initial_state.params))
   batch = random_batches(seed=2, count=1)[0]
   state, (loss,) = _run(start, (2, 4, 1), [batch], "train.grad_accum_steps=2", tx=sgd,
                         tx_name="sgd")
   singles, micro_losses = [], []
-  for j in range(2):  # micro-batch j holds rows j, j + 2, j + 4, ... (train.split_micro_batches)
+  for j in range(2):  # micro-batch j holds rows j, j + 2, j + 4, ... (train_step.split_micro_batches)
     micro = {k: v[j::2] for k, v in batch.items()}
     one_state, (one_loss,) = _run(start, (1, 1, 1), [micro], tx=sgd, tx_name="sgd")
     singles.append(jax.device_get(one_state.params))
@@ -125,7 +128,7 @@ def test_grad_accumulation_averages_micro_batches(initial_state):
 def test_batch_must_split_into_micro_batches_per_device():
   config = _config((8, 1, 1), "train.grad_accum_steps=4")  # 16 rows / 8 devices = 2 < 4
   with pytest.raises(parallel.MeshError, match="8 data-parallel devices x 4 micro-batches"):
-    parallel.check_batch(16, parallel.make_mesh(config), train.grad_accum_steps(config))
+    parallel.check_batch(16, parallel.make_mesh(config), train_step.grad_accum_steps(config))
 
 
 def test_checkpoint_restores_onto_another_mesh(initial_state, tmp_path):
@@ -146,8 +149,8 @@ def test_checkpoint_restores_onto_another_mesh(initial_state, tmp_path):
 
   config_b = _config((8, 1, 1))
   mesh_b, shardings_b, step_b = _compiled((8, 1, 1))
-  abstract, _ = train.state_layout(train.create_model(config_b),
-                                   train.make_optimizer(config_b.train), config_b, mesh_b)
+  abstract, _ = state_lib.state_layout(state_lib.create_model(config_b),
+                                   optim.make_optimizer(config_b.train), config_b, mesh_b)
   resumed_it = make_iter()
   restored = ckpt.restore(2, abstract, resumed_it)
   ckpt.close()

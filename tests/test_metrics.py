@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsjax import evaluate, metrics
+from rsjax import metrics
+from rsjax.evaluation import recalls
 
 
 def reference_ranks(sim: np.ndarray, text_to_image: np.ndarray):
@@ -71,8 +72,8 @@ def test_tiled_equals_untiled_and_reference():
   text_to_image[:n_img] = np.arange(n_img)  # every image has at least one caption
   img = rng.normal(size=(n_img, 8)).astype(np.float32)
   txt = rng.normal(size=(150, 8)).astype(np.float32)
-  whole = evaluate.retrieval_ranks(img, txt, text_to_image, tile=10_000)
-  tiled = evaluate.retrieval_ranks(img, txt, text_to_image, tile=7)
+  whole = recalls.retrieval_ranks(img, txt, text_to_image, tile=10_000)
+  tiled = recalls.retrieval_ranks(img, txt, text_to_image, tile=7)
   ref = reference_ranks(img @ txt.T, text_to_image)
   for a, b, r in zip(whole, tiled, ref, strict=True):
     np.testing.assert_array_equal(a, b)
@@ -83,7 +84,7 @@ def test_perfect_and_reversed_scores():
   n = 20
   text_to_image = np.arange(n)
   perfect = np.eye(n, dtype=np.float32)
-  i2t, t2i = evaluate.retrieval_ranks(perfect, np.eye(n, dtype=np.float32), text_to_image)
+  i2t, t2i = recalls.retrieval_ranks(perfect, np.eye(n, dtype=np.float32), text_to_image)
   assert metrics.retrieval_metrics(i2t, t2i)["mR"] == 100.0
-  i2t, t2i = evaluate.retrieval_ranks(perfect, -np.eye(n, dtype=np.float32), text_to_image)
+  i2t, t2i = recalls.retrieval_ranks(perfect, -np.eye(n, dtype=np.float32), text_to_image)
   assert metrics.retrieval_metrics(i2t, t2i)["mR"] == 0.0

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from rsjax import evaluate, metrics
+from rsjax import metrics
+from rsjax.evaluation import hashing
 
 
 def reference_hashing(q: np.ndarray, db: np.ndarray, q_ids, db_ids, ks, radius=2):
@@ -45,7 +46,7 @@ def test_hashing_metrics_match_brute_force(bits, n_db, n_q):
   q[0] = db[3]  # an exact match: distance 0, inside radius 2
   db_ids = rng.integers(0, 5, n_db)
   q_ids = rng.integers(0, 6, n_q)  # id 5 never occurs in the database: no relevant items
-  got = evaluate.hashing_metrics(q, db, q_ids, db_ids, tile=4, ks=(20, 100, None))
+  got = hashing.hashing_metrics(q, db, q_ids, db_ids, tile=4, ks=(20, 100, None))
   ks = (20, min(100, n_db), n_db)
   want = reference_hashing(q, db, q_ids, db_ids, ks)
   for name, k in zip((20, 100, "all"), ks, strict=True):
@@ -63,8 +64,8 @@ def test_hashing_tiled_equals_untiled():
   db = rng.choice([-1.0, 1.0], size=(90, 16)).astype(np.float32)
   q = rng.choice([-1.0, 1.0], size=(31, 16)).astype(np.float32)
   ids_db, ids_q = rng.integers(0, 4, 90), rng.integers(0, 4, 31)
-  assert (evaluate.hashing_metrics(q, db, ids_q, ids_db, tile=5)
-          == evaluate.hashing_metrics(q, db, ids_q, ids_db, tile=1000))
+  assert (hashing.hashing_metrics(q, db, ids_q, ids_db, tile=5)
+          == hashing.hashing_metrics(q, db, ids_q, ids_db, tile=1000))
 
 
 def test_hamming_from_codes_matches_counting():
@@ -80,7 +81,7 @@ def test_perfect_codes_give_full_map():
   rng = np.random.default_rng(5)
   protos = rng.choice([-1.0, 1.0], size=(4, 32)).astype(np.float32)
   labels = np.repeat(np.arange(4), 10)
-  got = evaluate.hashing_metrics(protos[labels], protos[labels], labels, labels)
+  got = hashing.hashing_metrics(protos[labels], protos[labels], labels, labels)
   assert got["map@all"] == pytest.approx(100.0)
   assert got["p_r2"] == pytest.approx(100.0)
   assert got["p@20"] == pytest.approx(50.0)  # only 10 relevant items exist
@@ -94,8 +95,8 @@ def test_evaluate_hashing_pairing_and_label():
   txt = img[text_to_image].copy()
   txt[:, 0] *= -1  # each caption one bit away from its image
   labels = rng.integers(0, 3, m)
-  out = evaluate.evaluate_hashing(img, txt, text_to_image, labels)
-  q, r = evaluate.duch_query_split(m)
+  out = hashing.evaluate_hashing(img, txt, text_to_image, labels)
+  q, r = hashing.duch_query_split(m)
   assert len(q) == 6 and len(r) == 24 and not set(q) & set(r)
   want = reference_hashing(img[:, :], txt, np.arange(m), text_to_image, (20,))
   assert out["pairing"]["i2t"]["map@20"] == pytest.approx(want["ap@20"], abs=1e-4)

@@ -8,11 +8,12 @@ import numpy as np
 import optax
 
 from helpers import tiny_config
-from rsjax import train
+from rsjax import optim
+from rsjax import state as state_lib
 
 
 def _params(config):
-  model = train.create_model(config)
+  model = state_lib.create_model(config)
   images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
   ids = jnp.ones((1, config.model.text.context_length), jnp.int32)
   return model.init(jax.random.key(0), images, ids)["params"]
@@ -29,7 +30,7 @@ def _config():
 def _moved_by_decay_alone(config, params):
   """Paths whose value an update with zero gradients changes (Adam's step is zero there)."""
   params = jax.tree.map(lambda p: jnp.ones_like(p), nn.meta.unbox(params))
-  tx = train.make_optimizer(config.train)
+  tx = optim.make_optimizer(config.train)
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
   for _ in range(3):  # past the warmup's zero learning rate at step 0

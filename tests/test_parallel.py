@@ -6,7 +6,10 @@ import jax
 import numpy as np
 
 from helpers import random_batches, tiny_config
-from rsjax import parallel, train
+from rsjax import parallel
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import step as train_step
 
 
 def test_mesh_errors_name_the_problem():
@@ -25,10 +28,10 @@ def test_hashing_head_and_siglip_train_on_the_mesh():
                        "model.init_logit_bias=-10.0")
   batches = random_batches(seed=1, count=2)
   mesh = parallel.make_mesh(config)
-  model = train.create_model(config)
-  tx = train.make_optimizer(config.train)
-  state, shardings = train.init_state(model, tx, config, mesh, jax.random.key(0))
-  step_fn = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  model = state_lib.create_model(config)
+  tx = optim.make_optimizer(config.train)
+  state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(0))
+  step_fn = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings, mesh)
   before = jax.device_get(state.params["image_hash"]["hash"]["kernel"])
   with jax.set_mesh(mesh):
     for batch in batches:

@@ -8,15 +8,17 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from helpers import tiny_config
-from rsjax import parallel, train
+from rsjax import parallel
+from rsjax import optim
+from rsjax import state as state_lib
 
 
 def _fc1_and_embed_specs(*overrides):
   """Partition specs of an MLP kernel [D, 4D] and the token embedding [V, D] under `overrides`."""
   config = tiny_config(*overrides)
   mesh = parallel.make_mesh(config)
-  _, shardings = train.state_layout(train.create_model(config),
-                                    train.make_optimizer(config.train), config, mesh)
+  _, shardings = state_lib.state_layout(state_lib.create_model(config),
+                                    optim.make_optimizer(config.train), config, mesh)
   mlp = shardings.params["image"]["encoder"]["block0"]["mlp"]["fc1"]["kernel"].spec
   embed = shardings.params["text"]["token_embed"].spec
   return mlp, embed, shardings

@@ -97,7 +97,7 @@ def test_prepared_set_trains_with_augmentation(shared_data, tmp_path_factory, tm
   model, augmentations on, then the test split evaluated."""
   from helpers import tiny_config
   from rsjax.config import load_config
-  from rsjax.train import train
+  from rsjax.train.loop import train
   prepared = pathlib.Path(_prepare("rsicd_samples", shared_data, tmp_path_factory))
   tiny = tiny_config()
   config = load_config(str(pathlib.Path(__file__).parents[1] / "configs" / "prepared.py"), [

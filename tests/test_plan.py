@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import pytest
 
 from helpers import SMOKE, tiny_config
-from rsjax import cli, parallel, plan, train
+from rsjax import cli, parallel, plan
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import step as train_step
 
 TINY = [
     "data.image_size=32", "model.embed_dim=16",
@@ -19,10 +22,10 @@ TINY = [
 def _independent_compile(config, devices=8):
   """The train step compiled here, without rsjax.plan."""
   mesh = parallel.make_mesh(config, jax.devices()[:devices])
-  model = train.create_model(config)
-  tx = train.make_optimizer(config.train)
-  abstract, shardings = train.state_layout(model, tx, config, mesh)
-  step = train.compile_train_step(train.make_train_step(model, tx, config, mesh), shardings, mesh)
+  model = state_lib.create_model(config)
+  tx = optim.make_optimizer(config.train)
+  abstract, shardings = state_lib.state_layout(model, tx, config, mesh)
+  step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings, mesh)
   b, s = config.train.batch_size, config.data.image_size
   sharding = parallel.batch_sharding(mesh)
   batch = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8, sharding=sharding),

@@ -220,7 +220,7 @@ def test_cache_roundtrip(tmp_path, monkeypatch, capsys):
 
   def boom(*args, **kwargs):
     raise AssertionError("cache was not used")
-  monkeypatch.setattr(rs_synth, "generate_split", boom)
+  monkeypatch.setattr(rs_synth.cache, "generate_split", boom)
   second = rs_synth.load_or_generate(SMALL, tmp_path, progress=True)
   assert "loaded" in capsys.readouterr().err
   for split in rs_synth.SPLITS:
@@ -238,7 +238,7 @@ def test_cache_env_var_and_interrupted_generation(tmp_path, monkeypatch):
     if split == "val":
       raise KeyboardInterrupt
     return real(spec, split, num_workers, **kwargs)
-  monkeypatch.setattr(rs_synth, "generate_split", fail_on_val)
+  monkeypatch.setattr(rs_synth.cache, "generate_split", fail_on_val)
   with pytest.raises(KeyboardInterrupt):
     rs_synth.load_or_generate(SMALL, progress=False)
   assert not any((tmp_path / "rs_synth").iterdir())  # neither a cache nor a temp dir

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rsjax.data import captions_grammar as grammar
-from rsjax.data import datasets, rs_synth
+from rsjax.data import rs_synth, synthetic
 
 SPEC = rs_synth.ChallengeSpec(seed=7, num_examples=48)
 THRESHOLD = 20       # grey levels: change residual above it; nuisance stays below ~14 (measured)
@@ -129,7 +129,7 @@ def test_challenge_cache(tmp_path, monkeypatch, capsys):
 
   def boom(*args, **kwargs):
     raise AssertionError("cache was not used")
-  monkeypatch.setattr(rs_synth, "generate_challenge", boom)
+  monkeypatch.setattr(rs_synth.cache, "generate_challenge", boom)
   second = rs_synth.load_or_generate_challenges(spec, tmp_path, progress=True)
   assert "loaded" in capsys.readouterr().err
   for name in rs_synth.CHALLENGES:
@@ -137,7 +137,7 @@ def test_challenge_cache(tmp_path, monkeypatch, capsys):
     for k, v in first[name][0].items():
       np.testing.assert_array_equal(v, second[name][0][k])
   # A different spec is a different cache; an interrupted generation leaves nothing behind.
-  monkeypatch.setattr(rs_synth, "generate_challenge", lambda *a, **k: (_ for _ in ()).throw(
+  monkeypatch.setattr(rs_synth.cache, "generate_challenge", lambda *a, **k: (_ for _ in ()).throw(
       KeyboardInterrupt()))
   with pytest.raises(KeyboardInterrupt):
     rs_synth.load_or_generate_challenges(rs_synth.ChallengeSpec(num_examples=7), tmp_path,
@@ -305,7 +305,7 @@ def test_temporal_region_boxes(subsets):
       assert r["region"] is None and r["region_box"] is None
 
 
-# --- exposure through datasets.load_rs_synth ----------------------------------------------------
+# --- exposure through synthetic.load_rs_synth ---------------------------------------------------
 
 def _data_config(challenges: bool, cache_dir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -314,14 +314,14 @@ def _data_config(challenges: bool, cache_dir) -> ml_collections.ConfigDict:
 
 
 def test_load_rs_synth_challenges(tmp_path):
-  plain = datasets.load_rs_synth(_data_config(False, tmp_path), str(tmp_path / "a"), 24, 200,
-                                 progress=False)
+  plain = synthetic.load_rs_synth(_data_config(False, tmp_path), str(tmp_path / "a"), 24, 200,
+                                  progress=False)
   assert set(plain.eval_splits) == {"val", "test"} and plain.pair_splits == {}
   assert not (tmp_path / "rs_synth" / rs_synth.challenge_cache_path(
       rs_synth.ChallengeSpec(seed=3, image_size=32, num_examples=10)).name).exists()
 
-  data = datasets.load_rs_synth(_data_config(True, tmp_path), str(tmp_path / "b"), 24, 200,
-                                progress=False)
+  data = synthetic.load_rs_synth(_data_config(True, tmp_path), str(tmp_path / "b"), 24, 200,
+                                 progress=False)
   assert set(data.eval_splits) == {"val", "test", "multiscale", "small_objects"}
   np.testing.assert_array_equal(data.eval_splits["test"].images, plain.eval_splits["test"].images)
   ms, so = data.eval_splits["multiscale"], data.eval_splits["small_objects"]

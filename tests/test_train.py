@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from rsjax import parallel, train
+from rsjax import parallel
+from rsjax.evaluation import workdir as eval_workdir
+from rsjax import optim
+from rsjax import state as state_lib
+from rsjax.train import loop as train_loop
 from rsjax.checkpoint import Checkpointer
 
 
 def _final_params(config, workdir):
   mesh = parallel.make_mesh(config)
-  model = train.create_model(config)
-  abstract, _ = train.state_layout(model, train.make_optimizer(config.train), config, mesh)
+  model = state_lib.create_model(config)
+  abstract, _ = state_lib.state_layout(model, optim.make_optimizer(config.train), config, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   state = ckpt.restore(ckpt.latest_step(), abstract)
   ckpt.close()
@@ -31,7 +35,7 @@ def _losses(workdir):
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   config = tiny_config()
-  results = train.train(config, workdir)
+  results = train_loop.train(config, workdir)
   return config, workdir, results
 
 
@@ -39,11 +43,11 @@ def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
   config, straight_dir, _ = uninterrupted
   resumed_dir = str(tmp_path / "resumed")
   with pytest.raises(RuntimeError, match="simulated crash after step 3"):
-    train.train(config, resumed_dir, crash_after_step=3)  # last checkpoint: step 2
+    train_loop.train(config, resumed_dir, crash_after_step=3)  # last checkpoint: step 2
   ckpt = Checkpointer(os.path.join(resumed_dir, "checkpoints"))
   assert ckpt.latest_step() == 2
   ckpt.close()
-  train.train(config, resumed_dir)
+  train_loop.train(config, resumed_dir)
 
   step_a, params_a = _final_params(config, straight_dir)
   step_b, params_b = _final_params(config, resumed_dir)
@@ -68,6 +72,6 @@ def test_eval_json_has_recalls_and_step0(uninterrupted):
 
 def test_eval_command_reproduces_final_metrics(uninterrupted):
   config, workdir, results = uninterrupted
-  again = train.evaluate_workdir(config, workdir)
+  again = eval_workdir.evaluate_workdir(config, workdir)
   for key in ("i2t_r1", "t2i_r10", "mR"):
     assert again[key] == pytest.approx(results[key], abs=1e-6)

@@ -33,18 +33,35 @@ def hashing_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def split_evaluators(config, first: bool) -> tuple[str, ...]:
+  """What `rsjax eval` runs on each split: recalls, hashing (a model with a hashing head), the
+  config's eval.evaluators (e.g. labels), and the report's gallery on the first split."""
+  names = ["retrieval", "hashing", *config.eval.get("evaluators", ())]
+  if first:
+    names.append("gallery")
+  return tuple(dict.fromkeys(names))
+
+
 def run(args) -> int:
   config = load_config_or_exit(args, needs_data=True)
+  import jax
   import numpy as np
 
-  from rsjax import evaluate, parallel, search_inputs
-  from rsjax.data.datasets import load_retrieval_data
+  from rsjax import atomic, parallel, search_inputs, state
   from rsjax.console import log
+  from rsjax.data.datasets import load_retrieval_data
+  from rsjax.evaluation import labels, registry, zero_shot
+  from rsjax.evaluation.recalls import format_table
 
   workdir = os.path.abspath(args.workdir)
   parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes
   mesh = parallel.make_mesh(config)
-  model, params, step = evaluate.load_model(config, args.checkpoint or workdir, mesh)
+  try:
+    registry.check_names(config.eval.get("evaluators", ()))
+  except ValueError as e:
+    print(f"rsjax eval: config error: {e}", file=sys.stderr)
+    return 2
+  model, params, step = state.load_model(config, args.checkpoint or workdir, mesh)
   data = load_retrieval_data(config, workdir)
   splits = args.splits.split(",") if args.splits else default_splits(config, list(data.eval_splits))
   unknown = [s for s in splits if s not in data.eval_splits]
@@ -55,43 +72,35 @@ def run(args) -> int:
   results = {"step": step, "splits": {}, "zero_shot": {}}
   gallery = None
   for i, name in enumerate(splits):
-    split = data.eval_splits[name]
-    labels = split.labels.get("scene")
-    image_labels = None
-    if labels is not None:  # per-caption scene labels -> per-image
-      image_labels = np.zeros(len(split.images), np.int64)
-      image_labels[split.text_to_image] = labels
-    out = evaluate.evaluate_split_full(model, params, split, mesh, config.eval.batch_size,
-                                       image_labels, with_gallery=(i == 0))
-    gallery = out.pop("gallery", gallery)
-    if config.eval.get("label_metrics", False) and data.class_names and image_labels is not None:
-      from rsjax import label_retrieval
-      out["labels"] = label_retrieval.evaluate_model(
-          model, params, split, data.class_names, data.tokenizer,
-          label_retrieval.config_templates(config), mesh, config.eval.batch_size)
-      log(f"{name}, relevance by class (percent): " + label_retrieval.format_line(out["labels"]))
+    ctx = registry.context(model, params, data, name, config, mesh)
+    found = registry.evaluate_split(ctx, split_evaluators(config, i == 0), required=False)
+    gallery = found.pop("gallery", gallery)
+    out = {"retrieval": found.pop("retrieval"), "num_images": int(len(ctx.split.images)),
+           "num_captions": int(len(ctx.split.tokens)), **found}
+    if labels.NAME in out:
+      log(f"{name}, {labels.summary(out[labels.NAME])}")
     results["splits"][name] = out
-  log(f"retrieval at step {step} (percent):\n" + evaluate.format_table(
+  log(f"retrieval at step {step} (percent):\n" + format_table(
       {name: r["retrieval"] for name, r in results["splits"].items()}))
   if config.model.hashing.bits:
     log(f"hashing, {config.model.hashing.bits} bits (percent):\n" + hashing_table(results["splits"]))
   for path in args.zero_shot:
-    images, labels, names = search_inputs.labelled_images(
+    images, image_labels, names = search_inputs.labelled_images(
         path, config.data.image_size, args.zero_shot_split, args.zero_shot_limit)
-    zs = evaluate.zero_shot(model, params, images, labels, names, data.tokenizer,
-                            config.model.text.context_length, mesh, config.eval.batch_size,
-                            tuple(args.template) if args.template else evaluate.DEFAULT_TEMPLATES)
+    zs = zero_shot.zero_shot(model, params, images, image_labels, names, data.tokenizer,
+                             config.model.text.context_length, mesh, config.eval.batch_size,
+                             tuple(args.template) if args.template else zero_shot.DEFAULT_TEMPLATES)
     results["zero_shot"][os.path.basename(os.path.normpath(path))] = zs
     log(f"zero-shot {path} ({zs['num_images']} images, {zs['num_classes']} classes): "
         f"top-1 {zs['top1']:.2f}%, mean per class {zs['mean_per_class']:.2f}%")
-  import jax
   if jax.process_index() != 0:
     return 0
-  for name in (f"eval_full_step{step}.json", "eval_full.json"):
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump(results, f, indent=1)
+  for file_name in (f"eval_full_step{step}.json", "eval_full.json"):
+    atomic.write_text(os.path.join(workdir, file_name), json.dumps(results, indent=1))
   if gallery is not None:
-    np.savez_compressed(os.path.join(workdir, "eval_gallery.npz"), **gallery)
+    with atomic.atomic_file(os.path.join(workdir, "eval_gallery.npz")) as tmp:
+      with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a bare name
+        np.savez_compressed(f, **gallery)
   log(f"wrote {os.path.join(workdir, 'eval_full.json')}")
   return 0
 

@@ -14,10 +14,11 @@ def run(args) -> int:
   import numpy as np
   from tqdm import tqdm
 
-  from rsjax import evaluate, index, parallel, search_inputs
+  from rsjax import index, parallel, search_inputs, state
+  from rsjax.evaluation import encode
 
   try:
-    tokenizer = evaluate.tokenizer_path(args.checkpoint, args.tokenizer)
+    tokenizer = state.tokenizer_path(args.checkpoint, args.tokenizer)
     paths = search_inputs.list_images(args.images)
     if args.chunk_size < 1:
       raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
@@ -32,12 +33,12 @@ def run(args) -> int:
     print(f"rsjax index: {e}", file=sys.stderr)
     return 2
   mesh = parallel.make_mesh(config)
-  model, params, step = evaluate.load_model(config, args.checkpoint, mesh)
-  identity = index.model_identity(config, evaluate.checkpoint_dir(args.checkpoint), step, params,
+  model, params, step = state.load_model(config, args.checkpoint, mesh)
+  identity = index.model_identity(config, state.checkpoint_dir(args.checkpoint), step, params,
                                   tokenizer)
   if exists:  # refuse a mismatched model before encoding anything
     try:
-      index._check_identity(index.read_meta(args.out), identity, args.out)
+      index.check_identity(index.read_meta(args.out), identity, args.out)
     except index.IndexFileError as e:
       print(f"rsjax index: {e}", file=sys.stderr)
       return 2
@@ -45,8 +46,8 @@ def run(args) -> int:
   if done:
     print(f"index {args.out}: resuming an unfinished run of these {len(paths)} images at image "
           f"{done}", flush=True)
-  enc_img, _ = evaluate.encoders(model)
-  hash_img = evaluate.hash_encoders(model)[0] if config.model.hashing.bits else None
+  enc_img, _ = encode.encoders(model)
+  hash_img = encode.hash_encoders(model)[0] if config.model.hashing.bits else None
   size = config.data.image_size
   building = {"images_digest": index.images_digest(paths), "total": len(paths)}
   meta = None
@@ -58,9 +59,9 @@ def run(args) -> int:
       chunk_paths = paths[lo: lo + args.chunk_size]
       dense, codes = [], []
       for batch in search_inputs.batches(chunk_paths, size, args.batch_size):
-        dense.append(evaluate.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
+        dense.append(encode.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
         if hash_img is not None:
-          codes.append(evaluate.encode_in_batches(hash_img, params, batch, args.batch_size,
+          codes.append(encode.encode_in_batches(hash_img, params, batch, args.batch_size,
                                                   mesh).astype(np.uint8))
         bar.update(len(batch))
       finished = lo + len(chunk_paths) == len(paths)

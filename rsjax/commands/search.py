@@ -12,7 +12,8 @@ def run(args) -> int:
   import ml_collections
   import numpy as np
 
-  from rsjax import evaluate, index, parallel, search
+  from rsjax import index, parallel, search, state
+  from rsjax.evaluation import encode
   from rsjax.data.tokenizers import SentencePieceTokenizer
 
   if args.k < 1 or args.rerank < 0:
@@ -40,19 +41,19 @@ def run(args) -> int:
           "images); rerun its `rsjax index` command to finish it", file=sys.stderr)
   config = ml_collections.ConfigDict(meta["config"])
   mesh = parallel.make_mesh(config)
-  model, params, step = evaluate.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
+  model, params, step = state.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
   if index.params_digest(params) != meta["params_digest"]:
     print(f"rsjax search: checkpoint {meta['checkpoint']} step {step} no longer holds the "
           "parameters this index was built with; rebuild the index", file=sys.stderr)
     return 2
   tokens = SentencePieceTokenizer(meta["tokenizer"]).encode(args.query,
                                                             config.model.text.context_length)
-  _, enc_txt = evaluate.encoders(model)
+  _, enc_txt = encode.encoders(model)
   with jax.set_mesh(mesh):
-    q_dense = evaluate.encode_in_batches(enc_txt, params, tokens, len(tokens), mesh)
+    q_dense = encode.encode_in_batches(enc_txt, params, tokens, len(tokens), mesh)
     q_codes = None
     if args.binary:
-      q_codes = evaluate.encode_in_batches(evaluate.hash_encoders(model)[1], params, tokens,
+      q_codes = encode.encode_in_batches(encode.hash_encoders(model)[1], params, tokens,
                                            len(tokens), mesh).astype(np.uint8)
   sharded = None
   if args.sharded or (args.sharded is None and jax.default_backend() != "cpu"):

@@ -13,7 +13,8 @@ def run(args) -> int:
   from rsjax.checkpoint import CheckpointError
   from rsjax.data.records import BadRecordError
   from rsjax.parallel import MeshError
-  from rsjax.train import NonFiniteLossError, train
+  from rsjax.train.guards import NonFiniteLossError
+  from rsjax.train.loop import train
 
   try:
     train(config, os.path.abspath(args.workdir))

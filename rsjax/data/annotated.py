@@ -13,7 +13,7 @@ Config keys (data section):
   label_prompt       "" or a template such as "an aerial photograph of {label}", or a tuple of
                      them: captions for label-only sets (one per template). Such sets also give
                      the trainer each image's class (train.positives="label") and the eval splits
-                     labels["scene"] (rsjax.label_retrieval metrics)
+                     labels["scene"] (rsjax.evaluation.labels)
   image_size         side in pixels after resizing
   bands              () keeps RGB / all bands, or band indices, e.g. (3, 2, 1)
   max_value          white level of non-uint8 images (0 -> the dtype's maximum)
@@ -25,15 +25,20 @@ Config keys (data section):
                      direction words a turn would change)
   stream             False: train images decoded once into memory, no other augmentation; True: read
                      through the grain pipeline with augment / num_workers / prefetch as for
-                     data.name="tfds" (rsjax/data/prepared.py)
+                     data.name="tfds" (rsjax/data/prepared.py, rsjax/data/stream.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 
-from rsjax.data import decode, records, sources
+from rsjax.data import decode, records, sources, stream
+from rsjax.data.augment import Dihedral, rewrite_caption
+from rsjax.data.tokenize import eval_split, tokenize_per_image, tokenizer_for
+from rsjax.data.types import RetrievalData
 from rsjax.console import log
 
 
@@ -65,7 +70,6 @@ def prompt_templates(data: ml_collections.ConfigDict) -> tuple[str, ...]:
 def check_turn_free(captions: list[list[str]], path: str) -> None:
   """Raises when a flip or quarter turn would change a caption's meaning (data.memory_dihedral
   keeps the captions as they are)."""
-  from rsjax.data.augment import Dihedral, rewrite_caption
   turns = [Dihedral(flip, k) for flip in (False, True) for k in range(4)][1:]
   for caps in captions:
     for c in caps:
@@ -86,7 +90,6 @@ def class_labels(by_split: dict[str, list[records.Record]]):
 
 
 def _with_captions(record: records.Record, captions: tuple[str, ...]) -> records.Record:
-  import dataclasses
   return dataclasses.replace(record, captions=captions)
 
 
@@ -115,10 +118,7 @@ def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
 
 
 def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
-                   vocab_size: int, progress: bool = True):
-  from rsjax.data.datasets import (RetrievalData, _eval_split, _tokenize_per_image,
-                                   tokenizer_for)
-
+                   vocab_size: int, progress: bool = True) -> RetrievalData:
   recs, bad = read_checked(data)
   train_split = data.get("train_split", "train")
   by_split: dict[str, list[records.Record]] = {}
@@ -133,16 +133,15 @@ def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length
   captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
   train_captions = [c for caps in captions[train_split] for c in caps]
   tokenizer = tokenizer_for(train_captions, workdir, vocab_size, data.get("tokenizer_path", ""))
-  eval_splits = {s: _eval_split(tokenizer, arrays[s][0], captions[s], context_length)
+  eval_splits = {s: eval_split(tokenizer, arrays[s][0], captions[s], context_length)
                  for s in arrays if s != train_split}
   if data.get("stream", False):  # augmented batches from the files, through grain
-    from rsjax.data import prepared, stream
-    spec = prepared.spec_from_config(data, context_length,
-                                     data.get("tokenizer_path", "") or tokenizer.path)
+    spec = stream.spec_from_config(data, context_length,
+                                   data.get("tokenizer_path", "") or tokenizer.path)
     log(f"data {data.path}: train {len(arrays[train_split][1])} images (streamed, augmented), "
         + ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
-    return prepared.streaming_data(stream.FileSource(arrays[train_split][1]), spec, data,
-                                   eval_splits, tokenizer)
+    return stream.streaming_data(stream.FileSource(arrays[train_split][1]), spec, data,
+                                 eval_splits, tokenizer)
   log(f"data {data.path}: " + ", ".join(f"{s} {len(a)} images" for s, (a, _) in arrays.items()))
   if data.get("memory_dihedral", False):
     check_turn_free(captions[train_split], data.path)
@@ -155,6 +154,6 @@ def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length
       split.labels["scene"] = ids[s][split.text_to_image]
   return RetrievalData(
       train_images=arrays[train_split][0],
-      train_tokens=_tokenize_per_image(tokenizer, captions[train_split], context_length),
+      train_tokens=tokenize_per_image(tokenizer, captions[train_split], context_length),
       eval_splits=eval_splits, tokenizer=tokenizer, train_labels=train_labels, class_names=names,
       train_dihedral=bool(data.get("memory_dihedral", False)))

@@ -20,43 +20,16 @@ Config keys (data section), see configs/prepared.py:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import ml_collections
 import numpy as np
 
-from rsjax.data import augment, decode, stream, tfds_builders, tokenizer_files
-from rsjax.data.datasets import RetrievalData, _eval_split, tokenizer_for
+from rsjax.data import decode, stream, tfds_builders, tokenizer_files, webscale
+from rsjax.data.tokenize import eval_split, tokenizer_for
+from rsjax.data.types import StreamingRetrievalData
 from rsjax.console import log
-
-
-@dataclasses.dataclass
-class StreamingRetrievalData(RetrievalData):
-  """RetrievalData whose train split streams: train_images / train_tokens are empty and
-  `train_iterator(global_batch, seed, process_index, process_count)` makes the batches."""
-  make_iterator: object = None
-
-  def train_iterator(self, global_batch: int, seed: int, process_index: int = 0,
-                     process_count: int = 1):
-    return self.make_iterator(global_batch, seed, process_index, process_count)
-
-
-def streaming_data(train_source, spec: stream.StreamSpec, data: ml_collections.ConfigDict,
-                   eval_splits: dict, tokenizer) -> StreamingRetrievalData:
-  """Wraps a train source (records with encoded images) as a streamed RetrievalData."""
-
-  def make_iterator(global_batch, seed, process_index, process_count):
-    return stream.train_iterator(train_source, spec, global_batch, seed, process_index,
-                                 process_count, num_workers=data.get("num_workers", 0),
-                                 prefetch=data.get("prefetch", 4))
-
-  size = data.image_size
-  return StreamingRetrievalData(
-      train_images=np.zeros((0, size, size, 3), np.uint8),
-      train_tokens=np.zeros((0, 1, spec.context_length), np.int32),
-      eval_splits=eval_splits, tokenizer=tokenizer, make_iterator=make_iterator)
 
 
 def prepared_dir(data: ml_collections.ConfigDict) -> str:
@@ -84,18 +57,6 @@ def dataset_normalization(data: ml_collections.ConfigDict) -> tuple[tuple, tuple
 
 def _texts(values) -> list[str]:
   return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-
-
-def spec_from_config(data: ml_collections.ConfigDict, context_length: int,
-                     tokenizer_path: str) -> stream.StreamSpec:
-  a = data.get("augment", {})
-  return stream.StreamSpec(
-      image_size=data.image_size, context_length=context_length, tokenizer_path=tokenizer_path,
-      augment=augment.AugmentConfig(crop_scale=(a.get("crop_scale_min", 0.5), 1.0),
-                                    dihedral=a.get("dihedral", True),
-                                    color_jitter=a.get("color_jitter", 0.0)),
-      bands=tuple(data.get("bands", ())) or None, max_value=data.get("max_value", 0) or None,
-      label_prompt=data.get("label_prompt", ""))
 
 
 def _eval_arrays(source, spec: stream.StreamSpec) -> tuple[np.ndarray, list[list[str]]]:
@@ -134,16 +95,16 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   else:
     captions = [c for i in range(len(train_source)) for c in _texts(train_source[i]["captions"])]
     tokenizer = tokenizer_for(captions, workdir, vocab_size)
-  spec = spec_from_config(data, context_length, model_path or tokenizer.path)
+  spec = stream.spec_from_config(data, context_length, model_path or tokenizer.path)
   eval_splits = {}
   for split in builder.info.splits:
     if split != train_split:
       images, caps = _eval_arrays(builder.as_data_source(split), spec)
-      eval_splits[split] = _eval_split(tokenizer, images, caps, context_length)
+      eval_splits[split] = eval_split(tokenizer, images, caps, context_length)
   log(f"data {path}: train {len(train_source)} records (streamed), " +
       ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
 
-  return streaming_data(train_source, spec, data, eval_splits, tokenizer)
+  return stream.streaming_data(train_source, spec, data, eval_splits, tokenizer)
 
 
 def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length: int,
@@ -154,15 +115,13 @@ def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length:
 
   The tokenizer must be chosen up front (data.tokenizer_path: "clip_bpe" or a SentencePiece model
   from `rsjax data tokenizer`): reading millions of captions to train one here is not done."""
-  from rsjax.data import webscale
-
   source = webscale.ConvertedSource(data.converted_dir)
   model_path = data.get("tokenizer_path", "")
   if not model_path:
     raise ValueError("config key 'data.tokenizer_path': a converted corpus needs a tokenizer named "
                      "up front ('clip_bpe', or a model made by `rsjax data tokenizer`)")
   tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
-  spec = spec_from_config(data, context_length, model_path)
+  spec = stream.spec_from_config(data, context_length, model_path)
   eval_splits = {}
   if data.get("eval_builder", ""):
     held_out = ml_collections.ConfigDict({"data_dir": data.eval_data_dir,
@@ -171,8 +130,8 @@ def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length:
     for split in builder.info.splits:
       if split != "train":
         images, caps = _eval_arrays(builder.as_data_source(split), spec)
-        eval_splits[split] = _eval_split(tokenizer, images, caps, context_length)
+        eval_splits[split] = eval_split(tokenizer, images, caps, context_length)
   log(f"data {data.converted_dir}: {len(source)} records (streamed); evaluation: "
       + (", ".join(f"{data.eval_builder} {s} {len(e.images)} images"
                    for s, e in eval_splits.items()) or "none"))
-  return streaming_data(source, spec, data, eval_splits, tokenizer)
+  return stream.streaming_data(source, spec, data, eval_splits, tokenizer)

@@ -12,8 +12,9 @@ Every random draw comes from grain's per-record generator (seed, record position
 is a pure function of the seed, and the iterator's state (a position, saved by orbax through
 grain.checkpoint) restores it exactly, with or without worker processes.
 
-Worker processes (num_workers > 0) need the program's entry point under `if __name__ ==
-"__main__":` (the `rsjax` script has one); absl flags are marked parsed here, as grain needs.
+The shuffle / slice / batch / prefetch skeleton is rsjax.data.pipeline's (`sharded_batches`,
+`iterate`), shared with the in-memory path. `spec_from_config` and `streaming_data` wrap a
+source as the streamed RetrievalData that the loaders (annotated.py, prepared.py) return.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import dataclasses
 from typing import Sequence
 
 import grain
+import ml_collections
 import numpy as np
 
-from rsjax.data import augment, decode, records
+from rsjax.data import augment, decode, pipeline, records
+from rsjax.data.tokenize import tokenizer_for
+from rsjax.data.types import StreamingRetrievalData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,6 @@ class Tokenize(grain.transforms.Map):
 
   def map(self, element: dict) -> dict:
     if self._tokenizer is None:  # the same dispatch as the trainer's (SentencePiece, clip_bpe)
-      from rsjax.data.datasets import tokenizer_for
       self._tokenizer = tokenizer_for([], "", 0, self.tokenizer_path)
     tokens = self._tokenizer.encode([element["caption"]], self.context_length)[0]
     return {"image": element["image"], "tokens": tokens}
@@ -107,12 +110,13 @@ class Tokenize(grain.transforms.Map):
 def train_dataset(source, spec: StreamSpec, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """Endless batches {'image': [b, S, S, C] uint8, 'tokens': [b, L] int32} of this process."""
-  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  ds = ds.random_map(DecodeAugment(spec))
-  ds = ds.map(Tokenize(spec.tokenizer_path, spec.context_length))
-  return ds.batch(batch_size, drop_remainder=True)
+
+  def per_record(ds: grain.MapDataset) -> grain.MapDataset:  # only this process's records
+    ds = ds.random_map(DecodeAugment(spec))
+    return ds.map(Tokenize(spec.tokenizer_path, spec.context_length))
+
+  return pipeline.sharded_batches(source, batch_size, seed, process_index, process_count,
+                                  local_maps=per_record)
 
 
 def train_iterator(source, spec: StreamSpec, global_batch: int, seed: int,
@@ -120,14 +124,34 @@ def train_iterator(source, spec: StreamSpec, global_batch: int, seed: int,
                    prefetch: int = 4) -> grain.DatasetIterator:
   """A checkpointable iterator over `train_dataset`; with num_workers > 0, batches are made in
   that many worker processes (each prefetching `prefetch` batches)."""
-  ds = train_dataset(source, spec, global_batch // process_count, seed, process_index,
-                     process_count)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if num_workers else 2,
-                                               prefetch_buffer_size=0 if num_workers else prefetch))
-  if num_workers:
-    from absl import flags
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; rsjax parses none
-      flags.FLAGS.mark_as_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch))
-  return iter(it_ds)
+  return pipeline.iterate(train_dataset(source, spec, global_batch // process_count, seed,
+                                        process_index, process_count), num_workers, prefetch)
+
+
+def spec_from_config(data: ml_collections.ConfigDict, context_length: int,
+                     tokenizer_path: str) -> StreamSpec:
+  """The StreamSpec of a data config section (image_size, augment, bands, max_value,
+  label_prompt)."""
+  a = data.get("augment", {})
+  return StreamSpec(
+      image_size=data.image_size, context_length=context_length, tokenizer_path=tokenizer_path,
+      augment=augment.AugmentConfig(crop_scale=(a.get("crop_scale_min", 0.5), 1.0),
+                                    dihedral=a.get("dihedral", True),
+                                    color_jitter=a.get("color_jitter", 0.0)),
+      bands=tuple(data.get("bands", ())) or None, max_value=data.get("max_value", 0) or None,
+      label_prompt=data.get("label_prompt", ""))
+
+
+def streaming_data(train_source, spec: StreamSpec, data: ml_collections.ConfigDict,
+                   eval_splits: dict, tokenizer) -> StreamingRetrievalData:
+  """Wraps a train source (records with encoded images) as a streamed RetrievalData."""
+
+  def make_iterator(global_batch, seed, process_index, process_count):
+    return train_iterator(train_source, spec, global_batch, seed, process_index, process_count,
+                          num_workers=data.get("num_workers", 0), prefetch=data.get("prefetch", 4))
+
+  size = data.image_size
+  return StreamingRetrievalData(
+      train_images=np.zeros((0, size, size, 3), np.uint8),
+      train_tokens=np.zeros((0, 1, spec.context_length), np.int32),
+      eval_splits=eval_splits, tokenizer=tokenizer, make_iterator=make_iterator)

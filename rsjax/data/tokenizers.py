@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from rsjax.atomic import write_bytes
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -32,10 +33,7 @@ def train_sentencepiece(captions: Iterable[str], path: str | os.PathLike, vocab_
       model_type=model_type, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
       hard_vocab_limit=False, character_coverage=1.0, num_threads=os.cpu_count() or 1,
       minloglevel=2)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=os.path.dirname(path) or ".", delete=False) as tmp:
-    tmp.write(model.getvalue())
-  os.replace(tmp.name, path)
+  write_bytes(path, model.getvalue())
   return path
 
 

@@ -26,6 +26,7 @@ import struct
 import tarfile
 from typing import Callable, Iterator, Sequence
 
+from rsjax.atomic import atomic_file, write_json
 from rsjax.data import decode, records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
@@ -133,18 +134,11 @@ def _write_shard(path: str, payloads: list[bytes]) -> None:
   """Writes an array_record file under a temporary name, then renames it into place."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
-  tmp = path + ".tmp"
-  writer = ArrayRecordWriter(tmp, "group_size:1")
-  for payload in payloads:
-    writer.write(payload)
-  writer.close()
-  os.replace(tmp, path)
-
-
-def _save_state(path: str, state: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(state, f, indent=1)
-  os.replace(path + ".tmp", path)
+  with atomic_file(path) as tmp:
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    for payload in payloads:
+      writer.write(payload)
+    writer.close()
 
 
 def convert(kind: str, sources: Sequence[str], out_dir: str, image_dir: str = "",
@@ -194,10 +188,10 @@ def convert(kind: str, sources: Sequence[str], out_dir: str, image_dir: str = ""
       state["done"][name] = len(payloads)
       state["records"] += len(payloads)
       state["bad_records"] += bad
-      _save_state(state_path, state)
+      write_json(state_path, state, indent=1)
   bar.close()
   state["complete"] = True
-  _save_state(state_path, state)
+  write_json(state_path, state, indent=1)
   if state["bad_records"]:
     from rsjax.console import log
     log(f"skipped {len(state['bad_records'])} bad record(s):\n" + "\n".join(

@@ -1,4 +1,4 @@
-"""Retrieval by scene label: the metrics of label-only sets such as RSSCN7.
+"""The `labels` evaluator: retrieval by scene label, the metrics of label-only sets (RSSCN7).
 
 A classification set has no captions of its own; a model trained on class-prompt captions is judged
 as the RS hashing literature does, with relevance = same class:
@@ -15,28 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 
-from rsjax.evaluate import duch_query_split, hashing_metrics
+from rsjax import metrics
+from rsjax.data.annotated import prompt_templates
+from rsjax.evaluation.hashing import duch_query_split, hashing_metrics
+from rsjax.evaluation.zero_shot import class_embeddings
 
+NAME = "labels"
 I2I_K = 20
-
-
-def average_precision(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> np.ndarray:
-  """AP@k of each query of a dense ranking (higher score first; ties by lower index).
-
-  scores [Q, N] float, relevant [Q, N] bool -> [Q] float in [0, 1]; AP@k divides by the relevant
-  items found in the top k (the DCMH / DUCH convention, as rsjax.metrics uses for Hamming
-  rankings), 0 where none is found."""
-  order = np.argsort(-scores, axis=1, kind="stable")
-  if k is not None:
-    order = order[:, :k]
-  rel = np.take_along_axis(relevant, order, axis=1).astype(np.float64)
-  hits = rel.cumsum(1)
-  precision = hits / np.arange(1, rel.shape[1] + 1)
-  found = hits[:, -1]
-  return np.where(found > 0, (precision * rel).sum(1) / np.maximum(found, 1), 0.0)
+CODE_BITS = (16, 32, 64)
 
 
 def simhash_codes(emb: np.ndarray, bits: int, seed: int = 0) -> np.ndarray:
@@ -65,12 +53,13 @@ def label_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarr
   scores = class_emb @ image_emb.T  # [C, N]
   pred = np.argmax(scores, axis=0)  # first maximum on ties
   out = {"zero_shot_top1": float(100.0 * np.mean(pred == labels)),
-         "t2i_map": float(100.0 * average_precision(
+         "t2i_map": float(100.0 * metrics.dense_average_precision(
              scores, labels[None, :] == np.arange(len(class_emb))[:, None]).mean())}
   queries, retrieval = duch_query_split(len(labels), seed)
   relevant = labels[queries][:, None] == labels[retrieval][None, :]
   dense = image_emb[queries] @ image_emb[retrieval].T
-  out[f"i2i_map@{I2I_K}_dense"] = float(100.0 * average_precision(dense, relevant, I2I_K).mean())
+  out[f"i2i_map@{I2I_K}_dense"] = float(
+      100.0 * metrics.dense_average_precision(dense, relevant, I2I_K).mean())
   for bits, c in sorted((codes or {}).items()):
     c = np.asarray(c, np.float32)
     if c.shape != (len(labels), bits):
@@ -79,7 +68,6 @@ def label_metrics(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarr
                              ks=(I2I_K,))
     out[f"i2i_map@{I2I_K}_{bits}bit"] = hashed[f"map@{I2I_K}"]
   return out
-
 
 
 def image_labels(split) -> np.ndarray | None:
@@ -92,43 +80,37 @@ def image_labels(split) -> np.ndarray | None:
   return out
 
 
-def evaluate_model(model, params, split, class_names, tokenizer, templates, mesh,
-                   batch_size: int, code_bits=(16, 32, 64)) -> dict:
-  """label_metrics of a trained TwoTower on one labelled split (rsjax.data.annotated sets).
-
-  templates: prompt templates with '{}' or '{label}' for the class name; codes are the leading
-  16/32/64 bits of the hashing head's codes (those not longer than model.hashing.bits)."""
-  from rsjax import evaluate  # the encoders; imported here to keep this module light
-
-  labels = image_labels(split)
-  if labels is None:
-    raise ValueError("this split has no class labels (labels['scene'])")
-  templates = tuple(t.replace("{label}", "{}") for t in templates)
-  enc_img, enc_txt = evaluate.encoders(model)
-  classes = evaluate.class_embeddings(enc_txt, params, tokenizer, class_names, templates,
-                                      model.config.text.context_length, mesh, batch_size)
-  with jax.set_mesh(mesh):
-    img = evaluate.encode_in_batches(enc_img, params, split.images, batch_size, mesh)
-  img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
-  codes = {}
-  bits = model.config.hashing.bits
-  if bits:
-    h_img, _ = evaluate.hash_encoders(model)
-    with jax.set_mesh(mesh):
-      packed = evaluate.encode_in_batches(h_img, params, split.images, batch_size, mesh)
-    signs = evaluate.unpack_signs(packed.astype(np.uint8), bits)
-    codes = {b: signs[:, :b] for b in code_bits if b <= bits}
-  return label_metrics(img, labels, classes, codes)
-
-
 def config_templates(config) -> tuple[str, ...]:
   """The class prompts of a run: eval.templates, else the data set's data.label_prompt."""
-  from rsjax.data.annotated import prompt_templates
   return tuple(config.eval.get("templates", ())) or prompt_templates(config.data)
 
 
-def format_line(m: dict) -> str:
+def unavailable(ctx) -> str | None:
+  if not ctx.class_names or ctx.image_labels is None:
+    return ("it needs a labelled data set (data.name='annotated' with data.label_prompt), and "
+            f"split '{ctx.split_name}' has no class labels")
+  return None
+
+
+def evaluate(ctx) -> dict:
+  """label_metrics of the model on ctx.split; codes are the leading 16/32/64 bits of the hashing
+  head's codes (those not longer than model.hashing.bits)."""
+  templates = tuple(t.replace("{label}", "{}") for t in config_templates(ctx.config))
+  enc = ctx.encodings
+  classes = class_embeddings(enc.text_encoder, ctx.params, ctx.tokenizer, ctx.class_names,
+                             templates, ctx.model.config.text.context_length, ctx.mesh,
+                             ctx.batch_size)
+  img = enc.image_emb
+  img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+  codes = {}
+  if enc.bits:
+    codes = {b: enc.image_signs[:, :b] for b in CODE_BITS if b <= enc.bits}
+  return label_metrics(img, ctx.image_labels, classes, codes)
+
+
+def summary(result: dict) -> str:
   """One log line of label_metrics."""
+  m = result
   parts = [f"zero-shot top-1 {m['zero_shot_top1']:.2f}", f"t2i mAP {m['t2i_map']:.2f}"]
   parts += [f"i2i {k.split('_', 2)[-1]} {v:.2f}" for k, v in m.items() if k.startswith("i2i_")]
-  return ", ".join(parts)
+  return "relevance by class (percent): " + ", ".join(parts)

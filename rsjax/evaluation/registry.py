@@ -1,0 +1,101 @@
+"""Evaluators found by name (big_vision style), and the context they share for one split.
+
+An evaluator is a module of this package with
+- `NAME`: the name a config lists in `eval.evaluators` (or `rsjax eval` runs),
+- `unavailable(ctx) -> str | None`: why it cannot run on this split / model (None: it can),
+- `evaluate(ctx) -> dict`: its metrics,
+- `summary(result) -> str`: one log line (units included).
+New evaluations (robustness, change retrieval, token re-ranking) plug in by adding a module and
+one entry to EVALUATORS; the trainer and `rsjax eval` only call `evaluate_split` / `evaluate_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from typing import Sequence
+
+import numpy as np
+from jax.sharding import Mesh
+
+from rsjax.console import log
+from rsjax.data.types import EvalSplit, RetrievalData
+from rsjax.evaluation import gallery, hashing, labels, recalls
+from rsjax.evaluation.encode import SplitEncodings
+
+EVALUATORS = {m.NAME: m for m in (recalls, hashing, labels, gallery)}
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What an evaluator may look at: the model and its parameters, one split, the run's config."""
+  model: object
+  params: object
+  split: EvalSplit
+  split_name: str
+  mesh: Mesh
+  config: object
+  class_names: Sequence[str] = ()
+  tokenizer: object = None
+
+  @property
+  def batch_size(self) -> int:
+    return self.config.eval.batch_size
+
+  @functools.cached_property
+  def encodings(self) -> SplitEncodings:
+    return SplitEncodings(self.model, self.params, self.split, self.mesh, self.batch_size)
+
+  @functools.cached_property
+  def image_labels(self) -> np.ndarray | None:
+    """Per-image class ids [M] when the split's captions carry labels['scene'], else None."""
+    return labels.image_labels(self.split)
+
+
+def context(model, params, data: RetrievalData, split_name: str, config, mesh) -> EvalContext:
+  return EvalContext(model, params, data.eval_splits[split_name], split_name, mesh, config,
+                     data.class_names or (), data.tokenizer)
+
+
+def check_names(names: Sequence[str], key: str = "eval.evaluators") -> None:
+  """Refuses an unknown evaluator name, naming the config key (before anything compiles)."""
+  for name in names:
+    if name not in EVALUATORS:
+      close = difflib.get_close_matches(name, list(EVALUATORS), n=1)
+      hint = f" (did you mean '{close[0]}'?)" if close else ""
+      raise ValueError(f"config key '{key}': unknown evaluator '{name}'{hint}; "
+                       f"known: {', '.join(EVALUATORS)}")
+
+
+def evaluate_split(ctx: EvalContext, names: Sequence[str], required: bool = True) -> dict:
+  """{name: result} of each named evaluator on ctx's split. An evaluator that cannot run raises
+  (naming eval.evaluators) when `required`, and is left out otherwise."""
+  check_names(names)
+  out = {}
+  for name in names:
+    module = EVALUATORS[name]
+    reason = module.unavailable(ctx)
+    if reason:
+      if required:
+        raise ValueError(f"config key 'eval.evaluators': '{name}' cannot run: {reason}")
+      continue
+    out[name] = module.evaluate(ctx)
+  return out
+
+
+def evaluate_run(model, params, data: RetrievalData, config, mesh, split_name: str | None = None,
+                 names: Sequence[str] | None = None) -> dict:
+  """The trainer's evaluation of one split (default eval.split) with eval.evaluators.
+
+  Returns the `retrieval` metrics at the top level (i2t_r1 ... mR, as eval.json has them) and every
+  other evaluator's result under its name; logs one summary line per extra evaluator."""
+  split_name = split_name or config.eval.split
+  names = tuple(names if names is not None else config.eval.get("evaluators", ("retrieval",)))
+  ctx = context(model, params, data, split_name, config, mesh)
+  results = evaluate_split(ctx, names)
+  out = dict(results.pop(recalls.NAME, {}))
+  for name, result in results.items():
+    out[name] = result
+    log(f"{split_name} split, {EVALUATORS[name].summary(result)}")
+  return out

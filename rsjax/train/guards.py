@@ -1,0 +1,67 @@
+"""What the train loop watches besides the step: a pre-emption notice and non-finite losses."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+
+from rsjax.console import log
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (the cloud TPU / SLURM pre-emption notice): the loop checkpoints and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a test runner thread): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteGuard:
+  """train.nonfinite: "stop" raises at the first NaN/Inf loss or gradient norm; "skip" counts the
+  step (its update was dropped by optax.apply_if_finite), records it, and raises after more than
+  train.max_consecutive_skips in a row. Errors name the step and the last good checkpoint."""
+
+  def __init__(self, t, checkpointer, writer):
+    self.skip = t.get("nonfinite", "stop") == "skip"
+    self.max_consecutive = t.get("max_consecutive_skips", 10)
+    self.ckpt, self.writer = checkpointer, writer
+    self.skipped = self.consecutive = 0
+
+  def _last_good(self) -> str:
+    return f"The last good checkpoint is step {self.ckpt.latest_step()} in {self.ckpt.directory}"
+
+  def check(self, step: int, loss: float, grad_norm: float) -> None:
+    if np.isfinite(loss) and np.isfinite(grad_norm):
+      self.consecutive = 0
+      return
+    what = f"loss {loss}, gradient norm {grad_norm}"
+    if not self.skip:
+      raise NonFiniteLossError(
+          f"non-finite {what} at step {step}; stopping. {self._last_good()} "
+          "(train.nonfinite=skip would skip such steps instead)")
+    self.skipped, self.consecutive = self.skipped + 1, self.consecutive + 1
+    log(f"step {step}: non-finite {what}; update skipped ({self.skipped} skipped so far)")
+    self.writer.write({"step": step, "skipped_steps": self.skipped})
+    if self.consecutive > self.max_consecutive:
+      raise NonFiniteLossError(
+          f"{self.consecutive} non-finite steps in a row up to step {step} (more than "
+          f"train.max_consecutive_skips={self.max_consecutive}); stopping. {self._last_good()}")

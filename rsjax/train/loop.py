@@ -1,0 +1,179 @@
+"""The trainer, read top to bottom: mesh -> input -> model -> shard -> update -> checkpoint -> eval.
+
+Parameters and optimizer state are laid out by the logical-axis rules in `rsjax.parallel`; the
+batch is split over the mesh's data-parallel axes; the update is `rsjax.train.step`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from rsjax import atomic, optim, parallel, state as state_lib
+from rsjax.checkpoint import Checkpointer
+from rsjax.console import log
+from rsjax.convert import load_init_params
+from rsjax.data import pipeline
+from rsjax.data.datasets import load_retrieval_data
+from rsjax.data.types import RetrievalData
+from rsjax.evaluation.recalls import format_table, summary as recall_summary
+from rsjax.evaluation.registry import check_names, evaluate_run
+from rsjax.metric_writer import MetricWriter
+from rsjax.train.guards import NonFiniteGuard, PreemptionFlag
+from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
+
+
+def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[RetrievalData, object]:
+  """The data set and this process's iterator over global-batch slices of the train split."""
+  t = config.train
+  data = load_retrieval_data(config, workdir)
+  if data.tokenizer.vocab_size > config.model.text.vocab_size:
+    raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
+                     f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+  label_source = label_key(config)
+  if label_source and data.train_labels is None:
+    raise ValueError(f"config key '{label_source}' is 'label' but the train split has no class "
+                     "labels (in-memory label-only sets have them: data.name='annotated' with "
+                     "data.label_prompt and stream=False)")
+  if hasattr(data, "train_iterator"):  # a streamed set (data.name="tfds"): grain decodes + augments
+    return data, data.train_iterator(t.batch_size, t.seed, jax.process_index(),
+                                     jax.process_count())
+  return data, pipeline.train_iterator(
+      data.train_images, data.train_tokens, t.batch_size, t.seed,
+      jax.process_index(), jax.process_count(),
+      labels=data.train_labels if label_source else None, dihedral=data.train_dihedral)
+
+
+def restore_or_init(config, model, tx, mesh, ckpt: Checkpointer, train_iter):
+  """(start step, state, state shardings): the latest checkpoint (with the iterator restored in
+  place), else converted weights (init.checkpoint), else a fresh initialisation."""
+  t = config.train
+  abstract, shardings = state_lib.state_layout(model, tx, config, mesh)
+  start, state = ckpt.restore_latest(abstract, train_iter, config,
+                                     fallback=t.get("restore_fallback", False), log=log)
+  if start is not None:
+    log(f"resumed from checkpoint at step {start}")
+  elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
+    params = load_init_params(config.init.checkpoint, config, abstract.params, log)
+    state = state_lib.state_from_params(params, tx, shardings)
+  else:
+    state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(t.seed))
+  return int(start or 0), state, shardings
+
+
+class Throughput:
+  """Images/s between log lines, leaving out compilation (the first step) and evaluations."""
+
+  def __init__(self, start: int, batch_size: int):
+    self.batch_size = batch_size
+    self.tick, self.tick_step = time.perf_counter(), start
+
+  def rate(self, step: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self.tick_step) * self.batch_size / max(now - self.tick, 1e-9)
+    self.tick, self.tick_step = now, step
+    return rate
+
+  def restart(self, step: int) -> None:
+    self.tick, self.tick_step = time.perf_counter(), step
+
+  def pause(self, seconds: float) -> None:
+    self.tick += seconds
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
+          crash_after_step: int | None = None) -> dict:
+  """Trains (resuming from `workdir` when it holds a checkpoint), evaluates, returns eval metrics.
+
+  `crash_after_step` raises right after that step (and its checkpoint, if one is due): tests use it
+  to stand for a run killed mid-way.
+  """
+  t = config.train
+  os.makedirs(workdir, exist_ok=True)
+  check_names(config.eval.get("evaluators", ("retrieval",)))
+  parallel.initialize_distributed()  # multi-host runs: before anything touches the devices
+  mesh = parallel.make_mesh(config, devices)
+  parallel.check_batch(t.batch_size, mesh, grad_accum_steps(config))
+  log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)")
+
+  data, train_iter = open_input(config, workdir)
+
+  model, tx = state_lib.create_model(config), optim.make_optimizer(t)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  start, state, shardings = restore_or_init(config, model, tx, mesh, ckpt, train_iter)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log(f"model: {n_params / 1e6:.2f}M parameters")
+
+  step0_path = os.path.join(workdir, "step0_eval.json")
+  if config.eval.at_step0 and not os.path.exists(step0_path):
+    if start != 0:
+      log("no step-0 evaluation recorded before this checkpoint; skipping it")
+    else:
+      step0 = evaluate_run(model, state.params, data, config, mesh)
+      write_json(step0_path, step0)
+      log(f"step 0: {config.eval.split} mR {step0['mR']:.2f}")
+
+  step_fn = compile_train_step(make_train_step(model, tx, config, mesh), shardings, mesh)
+  schedule = optim.learning_rate_schedule(t)
+  writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
+  guard = NonFiniteGuard(t, ckpt, writer)
+  throughput = Throughput(start, t.batch_size)
+  with PreemptionFlag() as preempt, jax.set_mesh(mesh), \
+      nn.logical_axis_rules(parallel.rules_for(config)):
+    for step in range(start + 1, t.steps + 1):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, m = step_fn(state, batch)
+      loss = float(jax.block_until_ready(m["loss"]))  # blocking also avoids CPU collective stalls
+      guard.check(step, loss, float(m["grad_norm"]))
+
+      if step % t.log_every == 0 or step == t.steps:
+        rate = throughput.rate(step)
+        row = {"step": step, "loss": loss, "lr": float(schedule(step - 1)),
+               **{k: float(v) for k, v in m.items() if k != "loss"}, "images_per_s": rate}
+        writer.write(row)
+        eta = (t.steps - step) * t.batch_size / max(rate, 1e-9)
+        log(f"step {step:>6}/{t.steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
+            f"{rate:7.1f} img/s | eta {eta / 60:.1f} min")
+      if step == start + 1:  # leave compilation out of the images/s figure
+        throughput.restart(step)
+
+      if config.eval.every and step % config.eval.every == 0 and step != t.steps:
+        eval_start = time.perf_counter()
+        periodic = evaluate_run(model, state.params, data, config, mesh, split_name="val",
+                                names=("retrieval",))
+        writer.write({"step": step, **{f"val_{k}": v for k, v in periodic.items()}})
+        log(f"step {step:>6}/{t.steps} | val {recall_summary(periodic)}")
+        throughput.pause(time.perf_counter() - eval_start)
+
+      due = t.checkpoint_every and step % t.checkpoint_every == 0
+      if due or step == t.steps or preempt.requested:
+        ckpt.save(step, state, train_iter, config)
+      if preempt.requested:
+        log(f"SIGTERM received: checkpoint written at step {step}; exiting")
+        ckpt.close()
+        return {}
+      if crash_after_step == step:
+        raise RuntimeError(f"simulated crash after step {step}")
+  ckpt.close()
+
+  results = evaluate_run(model, state.params, data, config, mesh)
+  if os.path.exists(step0_path):
+    with open(step0_path) as f:
+      results["step0"] = json.load(f)
+  results["step"] = t.steps
+  write_json(os.path.join(workdir, "eval.json"), results)
+  rows = {"step 0 (untrained)": results["step0"]} if "step0" in results else {}
+  rows[f"step {t.steps}"] = results
+  log(f"{config.eval.split} split retrieval (percent):\n" + format_table(rows))
+  return results
+
+
+def write_json(path: str, obj: dict) -> None:
+  """Writes `obj` atomically from process 0 only."""
+  if jax.process_index() == 0:
+    atomic.write_json(path, obj)

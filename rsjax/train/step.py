@@ -1,0 +1,182 @@
+"""The pure train step: (state, batch) -> (state, metrics), and its jit over the mesh.
+
+Contrastive loss (CLIP / SigLIP / triplet; ring-sharded over data-parallel devices), optional
+hashing loss on nested code prefixes, optional gradient accumulation over micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import PartitionSpec as P
+
+from rsjax import parallel
+from rsjax.losses import contrastive_loss, hashing_loss
+from rsjax.models.heads import hash_beta
+from rsjax.models.two_tower import TwoTower
+from rsjax.pixels import normalize_images
+from rsjax.state import TrainState
+
+
+def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """train.grad_accum_steps (1 for configs written before the key existed)."""
+  k = config.train.get("grad_accum_steps", 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"config key 'train.grad_accum_steps' must be an integer >= 1, got {k!r}")
+  return k
+
+
+def split_micro_batches(x: jax.Array, k: int, mesh=None) -> jax.Array:
+  """[B, ...] -> [k, B/k, ...]: micro-batch j holds rows j, j + k, j + 2k, ...
+
+  Interleaving keeps every row on the device that already holds it: a device's B/N consecutive
+  rows split into k groups of B/(N k) (parallel.check_batch requires that divisibility), so the
+  micro-batches are sharded over the data-parallel axes like the batch, with no communication.
+  """
+  b = x.shape[0]
+  micro = jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+  if mesh is not None:
+    micro = jax.lax.with_sharding_constraint(
+        micro, jax.sharding.NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+  return micro
+
+
+def positives_by_label(t: ml_collections.ConfigDict) -> bool:
+  """train.positives: "pair" (only image i matches caption i) or "label" (same class matches)."""
+  positives = t.get("positives", "pair")
+  if positives not in ("pair", "label"):
+    raise ValueError(f"config key 'train.positives': unknown {positives!r} (use pair or label)")
+  return positives == "label"
+
+
+def hash_positives_by_label(t: ml_collections.ConfigDict) -> bool:
+  """train.hash_positives: the hashing loss's similarity, "pair" or "label" as train.positives;
+  empty (the default) follows train.positives. Set apart, a run can change the contrastive loss's
+  positives while the hash codes keep learning classes."""
+  positives = t.get("hash_positives", "")
+  if positives == "":
+    return positives_by_label(t)
+  if positives not in ("pair", "label"):
+    raise ValueError(f"config key 'train.hash_positives': unknown {positives!r} "
+                     "(use pair, label, or empty to follow train.positives)")
+  return positives == "label"
+
+
+def label_key(config: ml_collections.ConfigDict) -> str | None:
+  """The config key that makes training read each image's class, or None when none does."""
+  if positives_by_label(config.train):
+    return "train.positives"
+  if config.model.hashing.bits and hash_positives_by_label(config.train):
+    return "train.hash_positives"
+  return None
+
+
+def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh=None) -> Callable:
+  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
+
+  With a mesh of several data-parallel devices, train.loss_sharding picks how the contrastive loss
+  is spread: "ring" (exact ring over the devices; no device holds the global [B, B] logits), "auto"
+  (left to XLA's partitioner) or "all_gather" (every device computes all logits: the naive baseline).
+
+  train.grad_accum_steps = k > 1 splits the batch into k micro-batches of B/k (see
+  split_micro_batches), runs forward and backward on each in turn (a lax.scan, so only one
+  micro-batch's activations are alive) and applies the mean gradient once. The contrastive
+  negatives of each pair then come from its own micro-batch only: the loss is the mean of k losses
+  over B/k pairs, not one loss over B pairs (to keep all B negatives, shard the batch over more
+  devices or use remat instead). Call the jitted step under `jax.set_mesh(mesh)`: the activation
+  constraints of the model take the mesh from there.
+  """
+  t, hashing = config.train, config.model.hashing
+  rules = parallel.rules_for(config)
+  accum = grad_accum_steps(config)
+  multi = mesh is not None and parallel.data_parallel_size(mesh) > 1
+  if t.loss_sharding not in ("ring", "auto", "all_gather"):
+    raise ValueError(f"config key 'train.loss_sharding': unknown '{t.loss_sharding}' "
+                     "(use ring, auto or all_gather)")
+  ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
+  gather = multi and t.loss_sharding == "all_gather"
+  by_label, hash_by_label = positives_by_label(t), hash_positives_by_label(t)
+  if by_label and (ring_mesh is not None or gather):
+    raise ValueError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
+                     "on a mesh of several data-parallel devices")
+  prefix_bits = tuple(t.get("hash_prefix_bits", ()))
+  if any(not 0 < b < hashing.bits for b in prefix_bits):
+    raise ValueError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
+                     f"between 0 and model.hashing.bits={hashing.bits}")
+
+  def loss_fn(params, batch, beta):
+    out = model.apply({"params": params}, normalize_images(batch["image"]),
+                      batch["tokens"], hash_beta=beta)
+    if gather:  # the naive baseline: every device gathers all embeddings, builds all logits
+      keys = ("image", "text", "logit_scale", "logit_bias")
+      whole = jax.shard_map(
+          lambda o: contrastive_loss(t.loss, o, margin=t.triplet_margin), mesh=mesh,
+          in_specs=({k: P() for k in keys},), out_specs=P())
+      loss = whole({k: out[k] for k in keys})
+    else:
+      positives = None
+      if by_label:  # images and captions of the same class are matches too
+        positives = batch["label"][:, None] == batch["label"][None, :]
+      loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin,
+                              positives=positives)
+    terms = {"contrastive_loss": loss}
+    if hashing.bits:
+      # Relevance by pairing (image i and caption j are similar only when i == j), or by class.
+      n = out["image_hash"].shape[0]
+      similarity = (batch["label"][:, None] == batch["label"][None, :]).astype(jnp.float32) \
+          if hash_by_label else jnp.eye(n, dtype=jnp.float32)
+      # Nested codes: the same loss on the leading bits, so that a prefix of the K-bit code is a
+      # usable shorter code (one head serves 16/32/64-bit archives). Mean over the code lengths.
+      hash_total = jnp.zeros((), jnp.float32)
+      for bits in prefix_bits + (hashing.bits,):
+        part, hash_terms = hashing_loss(
+            out["image_hash"][:, :bits], out["text_hash"][:, :bits], t.hash_weights,
+            similarity=similarity, temperature=t.hash_temperature)
+        hash_total = hash_total + part / (len(prefix_bits) + 1)
+      loss = loss + hash_total
+      terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
+    return loss, {"logit_scale": out["logit_scale"], **terms}
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated(params, batch, beta):
+    """Mean loss, metrics and gradients over `accum` micro-batches, summed in float32."""
+    micro = {k: split_micro_batches(v, accum, mesh) for k, v in batch.items()}
+
+    def one(carry, mb):
+      (loss, aux), grads = grad_fn(params, mb, beta)
+      total = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry, grads)
+      return total, (loss, aux)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    total, (losses, aux) = jax.lax.scan(one, zeros, micro)
+    grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), total, params)
+    return (losses.mean(), jax.tree.map(lambda v: v.mean(0), aux)), grads
+
+  def train_step(state: TrainState, batch: dict):
+    beta = hash_beta(state.step, t.steps, hashing.beta_start, hashing.beta_end)
+    with nn.logical_axis_rules(rules):  # the model's activation constraints use these names
+      if accum == 1:
+        (loss, aux), grads = grad_fn(state.params, batch, beta)
+      else:
+        (loss, aux), grads = accumulated(state.params, batch, beta)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def compile_train_step(train_step, state_shardings, mesh):
+  """jit with the state in its sharded layout, the batch split over the data-parallel axes, the
+  metrics replicated and the old state's buffers donated. Call it under `jax.set_mesh(mesh)`."""
+  batch_sharding = parallel.batch_sharding(mesh)  # every batch entry ('image', 'tokens', 'label')
+  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))

@@ -1,0 +1,81 @@
+"""rsjax's import graph read from the source (no module is imported), and its cycles.
+
+Every `import` / `from ... import` counts, at module level and inside functions alike: a function-
+level import only hides a cycle from the interpreter, not from the reader. `from pkg import name`
+points at pkg/name.py when that file exists, else at pkg itself. Importing a submodule also runs
+its package's __init__.py; that implicit edge is left out (it is no design decision).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+
+def module_name(root: pathlib.Path, path: pathlib.Path) -> str:
+  parts = list(path.relative_to(root.parent).with_suffix("").parts)
+  if parts[-1] == "__init__":
+    parts.pop()
+  return ".".join(parts)
+
+
+def import_graph(root: pathlib.Path) -> dict[str, set[str]]:
+  """{module: modules of the package `root` it imports}, e.g. {'rsjax.train.loop': {...}}."""
+  files = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
+  package = root.name
+  graph: dict[str, set[str]] = {name: set() for name in files}
+  for name, path in files.items():
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      targets = []
+      if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative: from the importing module's package
+          anchor = name.split(".") if is_package else name.split(".")[:-1]
+          anchor = anchor[: len(anchor) - node.level + 1]
+          base = ".".join(anchor + ([base] if base else []))
+        targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base
+                   for alias in node.names]
+      for target in targets:
+        while target and target not in files:  # `import a.b.c` of a name inside a module
+          target = target.rpartition(".")[0]
+        if target.startswith(package) and target and target != name:
+          graph[name].add(target)
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """The strongly connected components with more than one module (Tarjan), each sorted."""
+  index: dict[str, int] = {}
+  low: dict[str, int] = {}
+  stack: list[str] = []
+  on_stack: set[str] = set()
+  found: list[list[str]] = []
+
+  def visit(v: str) -> None:
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in sorted(graph.get(v, ())):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return found
