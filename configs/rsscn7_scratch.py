@@ -8,7 +8,7 @@ Reports on the val split (448 images): zero-shot top-1 accuracy, text->image mAP
 prompts, image->image mAP@20 with dense embeddings and with the leading 16/32/64 bits of the hash
 codes, relevance = same class (rsjax/evaluation/labels.py), plus the usual recalls.
 
-Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for the ablations in the README:
+Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for ablations (docs/training.md):
   pyramid=0|1   the feature pyramid over the trunk (default 0: it did not help, see below)
   dihedral=0|1  random flips / quarter turns of the train images (default 1)
   loss=label|pair|siglip  clip loss with same-class positives (default), plain pairwise clip,
@@ -17,7 +17,7 @@ Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for the ablation
   quant=Q, beta_end=B  hashing quantization weight (0.01) and final tanh sharpness (3)
   steps=N       train steps; runlocal: a seconds-long check of the path
 
-Choices, measured on this CPU (val; README "RSSCN7 from scratch" has the numbers):
+Choices, measured on a 2-core CPU (val split; the runs are in this file's commit history):
 - 96 px input and a 6-layer ViT of width 128: the 400 px tiles are decoded once at reduced
   scale; a conv stem to stride 16 gives a 6 x 6 token grid. At 128 px and width 192 a step took
   four times as long (40 against 160 images/s), too slow for 30 minutes;
@@ -30,7 +30,7 @@ Choices, measured on this CPU (val; README "RSSCN7 from scratch" has the numbers
 - same-class positives (multi-positive InfoNCE): every batch of 128 holds about 18 images per
   class, and a pairwise loss would push their identical class captions apart as negatives.
   Full 1,200-step runs could not tell the two apart (two seeds each, within float-rounding noise;
-  README); the hashing similarity is by class in both (train.hash_positives: DPSH likelihood,
+  see the commit history); the hashing similarity is by class in both (train.hash_positives: DPSH likelihood,
   DUCH's protocol; pairwise hashing collapsed the codes), with the same loss on the
   leading 16 and 32 bits, so one head serves all three code lengths;
 - flips and quarter turns: aerial scenes have no up, and class prompts hold no direction words

@@ -26,7 +26,7 @@ def get_config(arg=None):
       num_test=1000,
       cache_dir="",      # "" -> $RSJAX_CACHE or ~/.cache/rsjax
       # RS-Synth v2 challenge subsets (multiscale, small_objects eval splits; temporal pairs),
-      # challenge_size examples each; generated only when True (README: RS-Synth v2).
+      # challenge_size examples each; generated only when True (docs/data.md: RS-Synth v2).
       challenges=False,
       challenge_size=500,
   )

@@ -9,7 +9,7 @@ executables run side by side on the shared pool (a trace: two operations at once
 step) and meet only in the loss's all-gather and the gradient all-reduce, which on one host are
 memory copies. Measured on one host: image encoding 1.20x open_clip's with two devices (0.86x
 with one), the train step's gain within that machine's noise; on a Zen 5 host, encoding 2.17x
-with two devices and 1.80x with one, the same train step (README, vs_open_clip).
+with two devices and 1.80x with one, the same train step (docs/benchmarks.md, vs_open_clip).
 
 Opt-in, because two devices cost a property one device has: a run resumed from a checkpoint ends
 within 1e-7 of the uninterrupted run, not bit for bit (tests/test_faults_train.py), and the batch

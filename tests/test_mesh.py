@@ -64,7 +64,7 @@ def _steps(mesh, state, step_fn, batches):
   with jax.set_mesh(mesh):
     for batch in batches:
       state, m = step_fn(state, parallel.shard_batch(batch, mesh))
-      losses.append(float(jax.block_until_ready(m["loss"])))  # blocking: see DESIGN.md pitfalls
+      losses.append(float(jax.block_until_ready(m["loss"])))  # blocking avoids CPU collective stalls
   return state, losses
 
 

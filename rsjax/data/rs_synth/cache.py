@@ -67,6 +67,37 @@ def _write_split(tmp: Path, split: str, images: np.ndarray, records: list[dict])
       f.write(json.dumps(r, separators=(",", ":")) + "\n")
 
 
+def _write_challenge(tmp: Path, subset: str, arrays: dict[str, np.ndarray],
+                     records: list[dict]) -> None:
+  for k, v in arrays.items():
+    np.save(tmp / f"{subset}_{k}.npy", v)
+  with open(tmp / f"{subset}.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+
+def _generate_into(path: Path, spec, names, generate, write, count, progress: bool) -> dict:
+  """{name: generate(spec, name)} for each name, with one worker pool for all of them, written by
+  `write` into a staging folder that is renamed to `path` when complete (atomic_dir)."""
+  workers = worker_count(None)
+  pool = make_pool(workers) if workers > 1 else None
+  out = {}
+  try:
+    with atomic_dir(path, replace=True) as staging:   # replaces a stale/incomplete copy
+      tmp = Path(staging)
+      for name in names:
+        t0 = time.perf_counter()
+        out[name] = generate(spec, name, pool=pool)
+        write(tmp, name, *out[name])
+        if progress:
+          print(f"rs_synth: generated {name}: {count(*out[name])} at {spec.image_size}px "
+                f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+      (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
+  finally:
+    if pool is not None:
+      pool.terminate()
+  return out
+
+
 def load_or_generate(spec: SynthSpec, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True) -> dict[str, tuple[np.ndarray, list[dict]]]:
   """{split: (images [N, H, W, 3] uint8, records)} from the cache, generating it if needed.
@@ -80,24 +111,8 @@ def load_or_generate(spec: SynthSpec, cache_dir: str | os.PathLike | None = None
       sizes = ", ".join(f"{s} {len(cached[s][1])}" for s in SPLITS)
       print(f"rs_synth: loaded {sizes} from {path}", file=sys.stderr)
     return cached
-  workers = worker_count(None)
-  pool = make_pool(workers) if workers > 1 else None   # one pool for all splits
-  try:
-    with atomic_dir(path, replace=True) as staging:   # replaces a stale/incomplete copy
-      tmp = Path(staging)
-      out = {}
-      for split in SPLITS:
-        t0 = time.perf_counter()
-        images, records = generate_split(spec, split, pool=pool)
-        _write_split(tmp, split, images, records)
-        out[split] = (images, records)
-        if progress:
-          print(f"rs_synth: generated {split}: {len(images)} images at {spec.image_size}px "
-                f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-      (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
-  finally:
-    if pool is not None:
-      pool.terminate()
+  out = _generate_into(path, spec, SPLITS, generate_split, _write_split,
+                       lambda images, records: f"{len(images)} images", progress)
   if progress:
     print(f"rs_synth: cached at {path}", file=sys.stderr)
   return out
@@ -139,27 +154,8 @@ def load_or_generate_challenges(spec: ChallengeSpec, cache_dir: str | os.PathLik
     if progress:
       print(f"rs_synth: loaded challenge subsets from {path}", file=sys.stderr)
     return cached
-  workers = worker_count(None)
-  pool = make_pool(workers) if workers > 1 else None
-  try:
-    with atomic_dir(path, replace=True) as staging:   # replaces a stale/incomplete copy
-      tmp = Path(staging)
-      out = {}
-      for subset in CHALLENGES:
-        t0 = time.perf_counter()
-        arrays, records = generate_challenge(spec, subset, pool=pool)
-        for k, v in arrays.items():
-          np.save(tmp / f"{subset}_{k}.npy", v)
-        with open(tmp / f"{subset}.jsonl", "w", encoding="utf-8") as f:
-          f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        out[subset] = (arrays, records)
-        if progress:
-          print(f"rs_synth: generated {subset}: {len(records)} records at {spec.image_size}px "
-                f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-      (tmp / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1))
-  finally:
-    if pool is not None:
-      pool.terminate()
+  out = _generate_into(path, spec, CHALLENGES, generate_challenge, _write_challenge,
+                       lambda arrays, records: f"{len(records)} records", progress)
   if progress:
     print(f"rs_synth: cached challenge subsets at {path}", file=sys.stderr)
   return out
