@@ -17,7 +17,7 @@ import io
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rsjax.data.records import CorruptImageError, MissingImageError
 
@@ -74,6 +74,30 @@ def _read_tiff(data: bytes, name: str) -> tuple[np.ndarray, bool]:
   return array, alpha
 
 
+ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels must be turned to show the scene upright
+
+
+def _orientation(image: Image.Image) -> int:
+  try:
+    return int(image.getexif().get(ORIENTATION_TAG, 1))
+  except Exception:  # a malformed EXIF block does not make the pixels unreadable
+    return 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+  """The loaded image turned as its EXIF orientation says (phone and drone exports store rotated
+  pixels plus the tag); images without the tag are returned as they are."""
+  return ImageOps.exif_transpose(image) if orientation not in (0, 1) else image
+
+
+def _decode_error(name: str, e: Exception) -> CorruptImageError:
+  """One message for undecodable bytes; PIL's own names a BytesIO object instead of the file."""
+  detail = str(e)
+  if isinstance(e, UnidentifiedImageError) or "BytesIO" in detail:
+    detail = "not an image format PIL or tifffile can read"
+  return CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {detail})")
+
+
 def _pil_array(image: Image.Image) -> np.ndarray:
   if image.mode in ("I;16", "I;16B", "I;16L"):
     return np.asarray(image, np.uint16)
@@ -90,13 +114,14 @@ def decode(data: bytes, name: str = "<bytes>", bands: Sequence[int] | None = Non
     else:
       with Image.open(io.BytesIO(data)) as image:
         image.load()
+        image = _upright(image, _orientation(image))
         alpha = image.mode in ("RGBA", "LA")
         array = _pil_array(image)
       array = array[:, :, None] if array.ndim == 2 else array
   except CorruptImageError:
     raise
   except Exception as e:  # PIL / tifffile raise many kinds on truncated or foreign data
-    raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+    raise _decode_error(name, e) from None
   return _select_bands(array, bands, name, alpha)
 
 
@@ -136,10 +161,10 @@ def decode_resized(data: bytes, size: int, name: str = "<bytes>",
     try:
       with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (size, size))
-        image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-        return np.asarray(image)
+        image = _upright(image.convert("RGB"), _orientation(image))
+        return np.asarray(image.resize((size, size), Image.BILINEAR))
     except Exception as e:
-      raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+      raise _decode_error(name, e) from None
   return resize(to_uint8(decode(data, name, bands), max_value), size)
 
 
@@ -154,9 +179,10 @@ def open_rgb(data: bytes, name: str = "<bytes>", draft_size: int = 0) -> Image.I
     if draft_size:
       image.draft("RGB", (draft_size, draft_size))
     image.load()
+    image = _upright(image, _orientation(image))
     return image.convert("RGB") if image.mode != "RGB" else image
   except Exception as e:
-    raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+    raise _decode_error(name, e) from None
 
 
 def open_rgb_cropped(data: bytes, size: int, rng: np.random.Generator,
@@ -172,18 +198,21 @@ def open_rgb_cropped(data: bytes, size: int, rng: np.random.Generator,
     return None, None
   try:
     image = Image.open(io.BytesIO(data))
-    width, height = image.size
+    orientation = _orientation(image)
+    turned = orientation in (5, 6, 7, 8)  # a quarter turn: the upright image is H x W
+    width, height = image.size[::-1] if turned else image.size  # upright, as the box is drawn
     if crop_scale[0] < 1.0:
       box = random_box(height, width, rng, crop_scale)
     else:
       box = (0, 0, width, height)
     need = (-(-width * size // (box[2] - box[0])), -(-height * size // (box[3] - box[1])))
-    image.draft("RGB", need)  # JPEG only; other formats ignore it
+    image.draft("RGB", need[::-1] if turned else need)  # JPEG only; other formats ignore it
     image.load()
+    image = _upright(image, orientation)
     if image.mode != "RGB":
       image = image.convert("RGB")
   except Exception as e:
-    raise CorruptImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
+    raise _decode_error(name, e) from None
   sx, sy = image.size[0] / width, image.size[1] / height
   if (sx, sy) != (1.0, 1.0):
     box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
