@@ -22,10 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import report  # noqa: E402
-from rsjax import parallel  # noqa: E402
-from rsjax import optim
-from rsjax import state as state_lib
-from rsjax.train import step as train_step
+from rsjax import optim, parallel  # noqa: E402
+from rsjax import state as state_lib  # noqa: E402
+from rsjax.train import step as train_step  # noqa: E402
 from rsjax.config import load_config  # noqa: E402
 
 

@@ -111,7 +111,7 @@ def run_config(model_cfg, image_size: int, steps: int, batch: int, seed: int, **
 
 
 def decayed_keys(config, flat: dict[str, np.ndarray]) -> list[str]:
-  """open_clip names of the tensors rsjax.train.make_optimizer applies weight decay to.
+  """open_clip names of the tensors rsjax.optim.make_optimizer applies weight decay to.
 
   Asked of the optimizer itself (one update of zero gradients at a constant rate: only weight
   decay moves a parameter), so the torch side follows whatever mask rsjax uses."""
@@ -201,7 +201,7 @@ def make_batch(images: np.ndarray, labels: np.ndarray, prompt_ids: np.ndarray, p
 # rsjax side.
 
 def rsjax_init(config, seed: int, devices=None) -> dict[str, np.ndarray]:
-  """rsjax's initial parameters for `seed` (rsjax.train.init_state), flat {path: float32}."""
+  """rsjax's initial parameters for `seed` (rsjax.state.init_state), flat {path: float32}."""
   import flax
   import jax
 

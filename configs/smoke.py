@@ -51,7 +51,7 @@ def get_config(arg=None):
       steps=1150,
       batch_size=128,
       loss="clip",           # clip | siglip | triplet_hardest | triplet_sum
-      loss_sharding="ring",  # ring | auto | all_gather (see train.make_train_step)
+      loss_sharding="ring",  # ring | auto | all_gather (see rsjax/train/step.py)
       triplet_margin=0.2,
       # Hashing terms (used when model.hashing.bits > 0), see rsjax.losses.hashing_loss.
       hash_weights=dict(contrastive=0.0, similarity=1.0, quantization=0.1, balance=0.01),
@@ -89,9 +89,9 @@ def get_config(arg=None):
 
   # every: evaluate on the val split every N steps (0: only at the end, on eval.split).
   # evaluators: run on eval.split at step 0 and at the end, by name (rsjax/evaluation/registry.py):
-  # "retrieval" (recalls, mR), "hashing" (Hamming mAP; needs model.hashing.bits), "labels"
-  # (zero-shot accuracy and mAP with relevance by class; labelled sets, with `templates` as the
-  # class prompts, () -> data.label_prompt), "gallery". `rsjax eval` adds hashing and gallery.
+  # "retrieval" (recalls, mR; always listed), "hashing" (Hamming mAP; needs model.hashing.bits),
+  # "labels" (zero-shot accuracy and mAP with relevance by class; labelled sets, with `templates`
+  # as the class prompts, () -> data.label_prompt). `rsjax eval` adds hashing and the gallery.
   c.eval = dict(split="test", batch_size=500, at_step0=True, every=0, evaluators=("retrieval",),
                 templates=())
 

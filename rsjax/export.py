@@ -39,5 +39,5 @@ def export(fmt: str, out: str, *, config=None, workdir: str | None = None,
     flat, step = params_from_run(config, workdir)
     model_cfg, image_size = config.model, config.data.image_size
     log(f"export: step {step} of {workdir}")
-  state = convert.to_open_clip(flat, model_cfg)
-  return convert.save_open_clip(state, model_cfg, image_size, out, log=log)
+  weights = convert.to_open_clip(flat, model_cfg)
+  return convert.save_open_clip(weights, model_cfg, image_size, out, log=log)

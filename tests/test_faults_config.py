@@ -15,6 +15,10 @@ CASES = {
     "mesh larger than the devices": (["mesh.data=3"], ["mesh", "8"]),
     "batch not divisible by the mesh": (["train.batch_size=12"], ["train.batch_size 12", "8"]),
     "missing data directory": (["data.cache_dir=/nonexistent/rsjax"], None),
+    "unknown evaluator, with a suggestion": (["eval.evaluators=('retrieval','labls')"],
+                                             ["eval.evaluators", "labls", "did you mean", "labels"]),
+    "evaluators without the recalls": (["eval.evaluators=('hashing',)"],
+                                       ["eval.evaluators", "must include 'retrieval'"]),
 }
 
 

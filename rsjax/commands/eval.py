@@ -33,10 +33,10 @@ def hashing_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def split_evaluators(config, first: bool) -> tuple[str, ...]:
+def split_evaluators(configured: tuple[str, ...], first: bool) -> tuple[str, ...]:
   """What `rsjax eval` runs on each split: recalls, hashing (a model with a hashing head), the
-  config's eval.evaluators (e.g. labels), and the report's gallery on the first split."""
-  names = ["retrieval", "hashing", *config.eval.get("evaluators", ())]
+  config's checked eval.evaluators (e.g. labels), and the report's gallery on the first split."""
+  names = ["retrieval", "hashing", *configured]
   if first:
     names.append("gallery")
   return tuple(dict.fromkeys(names))
@@ -57,7 +57,7 @@ def run(args) -> int:
   parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes
   mesh = parallel.make_mesh(config)
   try:
-    registry.check_names(config.eval.get("evaluators", ()))
+    configured = registry.config_evaluators(config)
   except ValueError as e:
     print(f"rsjax eval: config error: {e}", file=sys.stderr)
     return 2
@@ -73,7 +73,7 @@ def run(args) -> int:
   gallery = None
   for i, name in enumerate(splits):
     ctx = registry.context(model, params, data, name, config, mesh)
-    found = registry.evaluate_split(ctx, split_evaluators(config, i == 0), required=False)
+    found = registry.evaluate_split(ctx, split_evaluators(configured, i == 0), required=False)
     gallery = found.pop("gallery", gallery)
     out = {"retrieval": found.pop("retrieval"), "num_images": int(len(ctx.split.images)),
            "num_captions": int(len(ctx.split.tokens)), **found}

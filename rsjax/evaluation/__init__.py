@@ -7,5 +7,5 @@ labels.py     `labels`: zero-shot top-1, class-prompt mAP, image->image mAP@20 (
 gallery.py    `gallery`: text queries with their top images for the report
 zero_shot.py  zero-shot classification of any labelled image set
 registry.py   name -> evaluator, the shared EvalContext, evaluate_split / evaluate_run
-workdir.py    a run's latest checkpoint evaluated on disk (`rsjax eval`)
+workdir.py    a run's latest checkpoint evaluated on eval.split, written beside it
 """

@@ -68,6 +68,23 @@ def check_names(names: Sequence[str], key: str = "eval.evaluators") -> None:
                        f"known: {', '.join(EVALUATORS)}")
 
 
+def config_evaluators(config) -> tuple[str, ...]:
+  """eval.evaluators, checked: known names, "retrieval" among them (eval.json's recalls), not the
+  report's gallery (images, not metrics; `rsjax eval` draws it on its first split)."""
+  if "label_metrics" in config.eval:
+    raise ValueError("config key 'eval.label_metrics' was replaced by eval.evaluators: use "
+                     "evaluators=(\"retrieval\", \"labels\")")
+  names = tuple(config.eval.get("evaluators", (recalls.NAME,)))
+  check_names(names)
+  if recalls.NAME not in names:
+    raise ValueError(f"config key 'eval.evaluators': {names} must include '{recalls.NAME}' "
+                     "(the recalls of eval.json)")
+  if gallery.NAME in names:
+    raise ValueError(f"config key 'eval.evaluators': '{gallery.NAME}' is not a metric; "
+                     "`rsjax eval` writes the gallery of its first split for the report")
+  return names
+
+
 def evaluate_split(ctx: EvalContext, names: Sequence[str], required: bool = True) -> dict:
   """{name: result} of each named evaluator on ctx's split. An evaluator that cannot run raises
   (naming eval.evaluators) when `required`, and is left out otherwise."""
@@ -91,7 +108,7 @@ def evaluate_run(model, params, data: RetrievalData, config, mesh, split_name: s
   Returns the `retrieval` metrics at the top level (i2t_r1 ... mR, as eval.json has them) and every
   other evaluator's result under its name; logs one summary line per extra evaluator."""
   split_name = split_name or config.eval.split
-  names = tuple(names if names is not None else config.eval.get("evaluators", ("retrieval",)))
+  names = tuple(names) if names is not None else config_evaluators(config)
   ctx = context(model, params, data, split_name, config, mesh)
   results = evaluate_split(ctx, names)
   out = dict(results.pop(recalls.NAME, {}))

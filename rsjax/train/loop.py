@@ -17,12 +17,11 @@ import ml_collections
 from rsjax import atomic, optim, parallel, state as state_lib
 from rsjax.checkpoint import Checkpointer
 from rsjax.console import log
-from rsjax.convert import load_init_params
 from rsjax.data import pipeline
 from rsjax.data.datasets import load_retrieval_data
 from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
-from rsjax.evaluation.registry import check_names, evaluate_run
+from rsjax.evaluation.registry import config_evaluators, evaluate_run
 from rsjax.metric_writer import MetricWriter
 from rsjax.train.guards import NonFiniteGuard, PreemptionFlag
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
@@ -59,6 +58,7 @@ def restore_or_init(config, model, tx, mesh, ckpt: Checkpointer, train_iter):
   if start is not None:
     log(f"resumed from checkpoint at step {start}")
   elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
+    from rsjax.convert import load_init_params  # CLIP runs only: the BPE tokenizer's ftfy/regex
     params = load_init_params(config.init.checkpoint, config, abstract.params, log)
     state = state_lib.state_from_params(params, tx, shardings)
   else:
@@ -95,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   """
   t = config.train
   os.makedirs(workdir, exist_ok=True)
-  check_names(config.eval.get("evaluators", ("retrieval",)))
+  config_evaluators(config)  # a wrong eval.evaluators stops the run before anything compiles
   parallel.initialize_distributed()  # multi-host runs: before anything touches the devices
   mesh = parallel.make_mesh(config, devices)
   parallel.check_batch(t.batch_size, mesh, grad_accum_steps(config))
