@@ -6,7 +6,6 @@ WORKDIR/eval_gallery.npz (text queries with their top images) for `rsjax report`
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -96,7 +95,7 @@ def run(args) -> int:
   if jax.process_index() != 0:
     return 0
   for file_name in (f"eval_full_step{step}.json", "eval_full.json"):
-    atomic.write_text(os.path.join(workdir, file_name), json.dumps(results, indent=1))
+    atomic.write_json(os.path.join(workdir, file_name), results, indent=1)
   if gallery is not None:
     with atomic.atomic_file(os.path.join(workdir, "eval_gallery.npz")) as tmp:
       with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a bare name

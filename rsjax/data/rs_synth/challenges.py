@@ -20,8 +20,8 @@ from rsjax.data.rs_synth.groups import (cell_box, describe_objects, draw_context
                                         group_on_water, inset, layout_group, object_boxes,
                                         object_length, on_river, sample_group)
 from rsjax.data.rs_synth.primitives import Box, blend, choice, grid, unit
-from rsjax.data.rs_synth.scenes import (CLASSES, LANDCOVERS, RIVER_PROB, ROAD_PROB, draw_scene,
-                                        finish, water_source)
+from rsjax.data.rs_synth.scenes import (CLASSES, LANDCOVERS, RIVER_PROB, ROAD_PROB,
+                                        check_image_size, draw_scene, finish, water_source)
 
 
 CHALLENGES = ("multiscale", "small_objects", "temporal")
@@ -44,8 +44,7 @@ class ChallengeSpec:
   num_examples: int = 500
 
   def __post_init__(self):
-    if self.image_size < 16:
-      raise ValueError(f"image_size must be >= 16 (3x3 grid of objects), got {self.image_size}")
+    check_image_size(self.image_size)
     if self.num_examples < 0:
       raise ValueError(f"num_examples must be >= 0: {self}")
 

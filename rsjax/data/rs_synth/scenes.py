@@ -22,6 +22,12 @@ from rsjax.data.rs_synth.primitives import choice, grain
 SPLITS = ("train", "val", "test")
 
 
+def check_image_size(image_size: int) -> None:
+  """Tiles hold a 3x3 grid of object cells: below 16 px a cell has no room for an object."""
+  if image_size < 16:
+    raise ValueError(f"image_size must be >= 16 (3x3 grid of objects), got {image_size}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SynthSpec:
   """Identity of a generated data set; all fields are part of the cache key."""
@@ -33,8 +39,7 @@ class SynthSpec:
   num_test: int = 1000
 
   def __post_init__(self):
-    if self.image_size < 16:
-      raise ValueError(f"image_size must be >= 16 (3x3 grid of objects), got {self.image_size}")
+    check_image_size(self.image_size)
     if min(self.num_train, self.num_val, self.num_test) < 0:
       raise ValueError(f"split sizes must be >= 0: {self}")
 
