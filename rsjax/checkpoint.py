@@ -20,17 +20,21 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from rsjax.errors import InputError, RsjaxError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(RsjaxError, RuntimeError):
   """A checkpoint could not be written, read, or does not fit the model."""
 
 
-class CheckpointMismatchError(CheckpointError):
+class CheckpointMismatchError(CheckpointError, InputError):
   """The checkpoint's parameters or model config differ from the model being restored."""
+  exit_code, kind = InputError.exit_code, InputError.kind
 
 
-class CheckpointReadError(CheckpointError):
+class CheckpointReadError(CheckpointError, InputError):
   """The checkpoint's files are missing, truncated or corrupt."""
+  exit_code, kind = InputError.exit_code, InputError.kind
 
 
 class CheckpointWriteError(CheckpointError):

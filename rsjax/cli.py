@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from rsjax import errors
+
 # Order is the order of `rsjax --help`. A new subcommand adds its module name here.
 COMMANDS = ("train", "eval", "index", "search", "report", "data", "convert", "export", "plan")
 
@@ -31,10 +33,22 @@ def main(argv: list[str] | None = None) -> int:
       print(f"rsjax: {e}", file=sys.stderr)
       return 2
   args = build_parser().parse_args(argv)
+  # The one error boundary of the command line (rsjax/errors.py): a user's error is one line and
+  # exit 2 or 1, a bug says so; no command prints its own tracebacks or exit codes for these.
   try:
     return args.run(args)
   except SystemExit as e:  # a command's clean refusal (one line on stderr) -> its exit code
     return e.code if isinstance(e.code, int) else 1
+  except KeyboardInterrupt:
+    print(f"rsjax {command_name(args)}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # noqa: BLE001  every exception ends here, reported by errors.report
+    return errors.report(e, command_name(args), sys.stderr)
+
+
+def command_name(args: argparse.Namespace) -> str:
+  """'train', or 'data prepare' for a subcommand with actions."""
+  return " ".join(filter(None, (args.command, getattr(args, "action", None))))
 
 
 if __name__ == "__main__":

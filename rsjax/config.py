@@ -14,10 +14,7 @@ import os
 from typing import Any, Iterable
 
 import ml_collections
-
-
-class ConfigError(ValueError):
-  """A config file, override or value is wrong; the message names the key."""
+from rsjax.errors import ConfigError  # noqa: F401  re-exported: config errors are raised here
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -159,3 +156,10 @@ def check_data_paths(config: ml_collections.ConfigDict) -> None:
       continue
     _require(not value or os.path.exists(value),
              f"data.{key}: {value} does not exist (data set '{data.get('name')}')")
+  path = data.get("path", "")
+  if (data.get("name") == "annotated" and data.get("format") == "captions_jsonl" and path
+      and os.path.isdir(path) and not os.path.isfile(os.path.join(path, "captions.jsonl"))):
+    hint = ("; its class folders are read with --set data.format=image_folder"
+            if any(os.path.isdir(os.path.join(path, d)) for d in os.listdir(path)) else
+            " (the folder is empty)" if not os.listdir(path) else "")
+    raise ConfigError(f"data.path: {path} has no captions.jsonl{hint}")

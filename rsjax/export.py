@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from rsjax import parallel, state
+from rsjax.errors import InputError
 
 FORMATS = ("open_clip",)
 
@@ -29,9 +30,11 @@ def export(fmt: str, out: str, *, config=None, workdir: str | None = None,
            converted: str | None = None, log=print) -> tuple[str, str]:
   """Writes the weights in format `fmt`; returns (weights path, model-config path)."""
   from rsjax import convert
+  from rsjax.convert.export_open_clip import check_weights_path
 
   if fmt not in FORMATS:
-    raise ValueError(f"unknown export format {fmt!r}, choose from {FORMATS}")
+    raise InputError(f"--format: unknown export format {fmt!r}, choose from {FORMATS}")
+  check_weights_path(out)  # before reading any weights
   if converted:
     info, model_cfg, flat = convert.load_converted(converted)
     image_size = info["image_size"]

@@ -24,13 +24,14 @@ import zlib
 import numpy as np
 
 from rsjax import atomic
+from rsjax.errors import InputError
 
 FORMAT = "rsjax-index"
 VERSION = 1
 DENSE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class IndexFileError(ValueError):
+class IndexFileError(InputError):
   """An index folder is missing, corrupt, or does not match the model or data offered to it."""
 
 

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from rsjax.parallel import BATCH_AXES
+from rsjax.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
 # 1. Contrastive losses (one device, or whatever XLA makes of them under jit)
@@ -321,14 +322,14 @@ def sharded_siglip_loss(image: jax.Array, text: jax.Array, logit_scale: jax.Arra
 
 def _no_ring_positives(positives, mesh) -> None:
   if positives is not None and mesh is not None:
-    raise ValueError("train.positives='label' needs the whole [B, B] logits: set "
-                     "train.loss_sharding='auto' (the ring loss takes pairs only)")
+    raise ConfigError("config key 'train.positives': 'label' needs the whole [B, B] logits: set "
+                      "train.loss_sharding='auto' (the ring loss takes pairs only)")
 
 
 def _pairs_only(name: str, positives) -> None:
   if positives is not None:
-    raise ValueError(f"loss '{name}' takes pairs only; train.positives='label' works with "
-                     "'clip' and 'siglip'")
+    raise ConfigError(f"config key 'train.positives': loss '{name}' takes pairs only; "
+                      "train.positives='label' works with 'clip' and 'siglip'")
 
 
 def _clip(out: Mapping, mesh=None, axes=BATCH_AXES, positives=None, **_) -> jax.Array:
@@ -376,7 +377,8 @@ def contrastive_loss(name: str, outputs: Mapping, *, mesh=None, axes=BATCH_AXES,
   siglip only, not with the ring).
   """
   if name not in LOSSES:
-    raise ValueError(f"unknown loss '{name}', choose from {sorted(LOSSES)}")
+    raise ConfigError(f"config key 'train.loss': unknown loss '{name}', choose from "
+                      f"{sorted(LOSSES)}")
   return LOSSES[name](outputs, mesh=mesh, axes=axes, margin=margin, positives=positives)
 
 
@@ -400,7 +402,8 @@ def hashing_loss(h_image: jax.Array, h_text: jax.Array, weights: Mapping[str, fl
   weights = dict(weights)
   unknown = sorted(set(weights) - set(HASHING_TERMS))
   if unknown:
-    raise ValueError(f"unknown hashing loss terms {unknown}, choose from {list(HASHING_TERMS)}")
+    raise ConfigError(f"config key 'train.hash_weights': unknown hashing loss terms {unknown}, "
+                      f"choose from {list(HASHING_TERMS)}")
   terms = {}
   if weights.get("contrastive", 0.0):
     terms["contrastive"] = duch_contrastive_loss(h_image, h_text, temperature, h_image_aug,

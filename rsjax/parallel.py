@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from rsjax.errors import ConfigError
 
 if TYPE_CHECKING:  # ml_collections is not needed at run time (benchmarks/mfu.py runs without it)
   import ml_collections
@@ -54,7 +55,7 @@ RULE_SETS = {
 RULES = RULE_SETS["fsdp_tp"]  # the default; degenerates to pure DP when fsdp = tensor = 1
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
   """The requested mesh does not fit the devices or the batch."""
 
 

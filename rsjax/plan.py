@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from rsjax.errors import ConfigError, InputError
+
 GIB = 2 ** 30
 MIB = 2 ** 20
 
@@ -60,7 +62,7 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
   except ValueError:
     sizes = ()
   if len(sizes) != 3 or min(sizes) < 1:
-    raise ValueError(f"--mesh wants three positive sizes DATA,FSDP,TENSOR such as 1,256,1; got {text!r}")
+    raise InputError(f"--mesh wants three positive sizes DATA,FSDP,TENSOR such as 1,256,1; got {text!r}")
   return sizes
 
 
@@ -179,13 +181,14 @@ def make_plan(config, mesh: tuple[int, int, int], chip: str, mfu: float = 0.4,
   from rsjax.train.step import grad_accum_steps
 
   if chip not in CHIPS:
-    raise ValueError(f"unknown chip '{chip}', choose from {sorted(CHIPS)}")
+    raise InputError(f"--chip: unknown chip '{chip}', choose from {sorted(CHIPS)}")
   if not 0 < mfu <= 1:
-    raise ValueError(f"MFU must lie in (0, 1], got {mfu}")
+    raise InputError(f"--mfu (model FLOPs utilisation) must lie in (0, 1], e.g. 0.4; got {mfu}")
   n = math.prod(mesh)
   devices = list(jax.devices() if devices is None else devices)
   if len(devices) < n:
-    raise ValueError(f"mesh {mesh} needs {n} devices, {len(devices)} are available")
+    raise InputError(f"--mesh {','.join(map(str, mesh))} needs {n} devices, {len(devices)} are "
+                     "available; give a smaller mesh or more (fake CPU) devices")
   config = with_mesh(config, mesh)
   jax_mesh = parallel.make_mesh(config, devices[:n])
   accum = grad_accum_steps(config)
@@ -228,9 +231,12 @@ def _check_divisible(config, mesh) -> None:
   for tower in ("image", "text"):
     t = config.model[tower]
     hidden = int(t.width * t.mlp_ratio)
-    for what, size in ((f"model.{tower}.heads", t.heads), (f"{tower} MLP width", hidden)):
+    for key, what, size in ((f"model.{tower}.heads", f"model.{tower}.heads", t.heads),
+                            (f"model.{tower}.mlp_ratio", f"{tower} MLP width", hidden)):
       if size % tensor:
-        raise ValueError(f"{what} ({size}) is not divisible by the tensor axis ({tensor})")
+        raise ConfigError(f"config key '{key}': {what} ({size}) is not divisible by the tensor "
+                          f"axis ({tensor}); choose a tensor size (third --mesh number) that "
+                          "divides it")
 
 
 def advice(plan: Plan, config) -> list[str]:

@@ -12,12 +12,15 @@ once every <img> has decoded (naturalWidth > 0): a headless browser test reads i
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import os
 
 import numpy as np
+
+from rsjax.errors import InputError
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 HASH_KEYS = ("map@20", "map@100", "map@all", "p@20", "p@100", "p_r2")
@@ -27,7 +30,25 @@ def _read_json(path: str):
   if not os.path.isfile(path):
     return None
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise InputError(f"{path}: not valid JSON ({e}); rerun the command that wrote it "
+                       "(rsjax train / rsjax eval) or move the file away") from None
+  if not isinstance(value, dict):
+    raise InputError(f"{path}: holds a JSON {type(value).__name__}, not the object rsjax writes; "
+                     "rerun the command that wrote it (rsjax train / rsjax eval)")
+  return value
+
+
+@contextlib.contextmanager
+def _reading(*paths: str):
+  """Turns a missing key or a wrong type in a run file into an InputError naming the file(s)."""
+  try:
+    yield
+  except (KeyError, TypeError, IndexError, AttributeError) as e:
+    raise InputError(f"{' / '.join(paths)}: not as rsjax writes it ({type(e).__name__}: {e}); "
+                     "rerun the command that wrote it (rsjax train / rsjax eval)") from e
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -39,9 +60,13 @@ def read_metrics(path: str) -> list[dict]:
     for n, line in enumerate(f, 1):
       if line.strip():
         try:
-          rows.append(json.loads(line))
+          row = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+          raise InputError(f"{path}:{n}: not valid JSON ({e.msg}); fix or delete that line") from None
+        if not isinstance(row, dict):
+          raise InputError(f"{path}:{n}: a JSON {type(row).__name__}, not a metrics object; fix "
+                           "or delete that line")
+        rows.append(row)
   return rows
 
 
@@ -133,8 +158,16 @@ def collect(workdir: str) -> dict:
   gallery_path = os.path.join(workdir, "eval_gallery.npz")
   gallery = None
   if os.path.isfile(gallery_path):
-    with np.load(gallery_path, allow_pickle=False) as z:
-      gallery = {k: z[k] for k in z.files}
+    try:
+      with np.load(gallery_path, allow_pickle=False) as z:
+        gallery = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001  zipfile, pickle and format errors alike: a bad file
+      raise InputError(f"{gallery_path}: not a readable .npz gallery ({type(e).__name__}: {e}); "
+                       "rerun `rsjax eval` to write it again") from None
+    missing = [k for k in ("captions", "images", "hit", "scores") if k not in gallery]
+    if missing:
+      raise InputError(f"{gallery_path}: no array(s) {missing}; rerun `rsjax eval` to write it "
+                       "again")
   return {"metrics": read_metrics(os.path.join(workdir, "metrics.jsonl")),
           "eval": _read_json(os.path.join(workdir, "eval.json")),
           "full": _read_json(os.path.join(workdir, "eval_full.json")),
@@ -173,12 +206,17 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
   """Writes report.md (+ PNGs) and report.html; returns their paths."""
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"no run directory {workdir}")
+    raise InputError(f"no run directory {workdir}: give the --workdir of an `rsjax train` run")
   data = collect(workdir)
   if not (data["metrics"] or data["eval"] or data["full"]):
-    raise FileNotFoundError(f"{workdir} has none of metrics.jsonl, eval.json, eval_full.json: "
-                            "train or evaluate first")
+    raise InputError(f"{workdir} has none of metrics.jsonl, eval.json, eval_full.json: "
+                     "train or evaluate first")
+  metrics_path, eval_path, full_path, gallery_path = (
+      os.path.join(workdir, n) for n in ("metrics.jsonl", "eval.json", "eval_full.json",
+                                         "eval_gallery.npz"))
   out_dir = out_dir or os.path.join(workdir, "report")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise InputError(f"report folder {out_dir} is a file; give another --out")
   os.makedirs(out_dir, exist_ok=True)
   images: dict[str, bytes] = {}  # file name -> PNG
   md = [f"# rsjax report: {os.path.basename(workdir)}", ""]
@@ -192,26 +230,29 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
     parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;"
                  f"base64,{base64.b64encode(png).decode()}'>")
 
-  figure("training_curves.png", training_curves(data["metrics"]), "Training curves")
+  with _reading(metrics_path):
+    figure("training_curves.png", training_curves(data["metrics"]), "Training curves")
 
-  rows = recall_rows(data)
+  with _reading(eval_path, full_path):
+    rows = recall_rows(data)
   if rows:
     header = ["model", "split"] + list(RECALL_KEYS)
     md.extend(["## Retrieval (percent)", "", _table(header, rows), ""])
     parts.append("<h2>Retrieval (percent)</h2>" + _html_table(header, rows))
 
-  h_rows, curves = hashing_rows(data["full"])
+  with _reading(full_path):
+    h_rows, curves = hashing_rows(data["full"])
   if h_rows:
     header = ["split", "relevance", "direction"] + list(HASH_KEYS)
     md.extend(["## Hashing: Hamming ranking (percent)", "", _table(header, h_rows), ""])
     parts.append("<h2>Hashing: Hamming ranking (percent)</h2>" + _html_table(header, h_rows))
-  figure("pr_curves.png", pr_curves(curves), "Precision-recall curves")
-
-  zs = (data["full"] or {}).get("zero_shot", {})
-  if zs:
-    header = ["data set", "images", "classes", "top-1", "mean per class"]
+  with _reading(full_path):
+    figure("pr_curves.png", pr_curves(curves), "Precision-recall curves")
+    zs = (data["full"] or {}).get("zero_shot", {})
     z_rows = [[n, str(z["num_images"]), str(z["num_classes"]), f"{z['top1']:.2f}",
                f"{z['mean_per_class']:.2f}"] for n, z in zs.items()]
+  if zs:
+    header = ["data set", "images", "classes", "top-1", "mean per class"]
     md.extend(["## Zero-shot classification (percent)", "", _table(header, z_rows), ""])
     parts.append("<h2>Zero-shot classification (percent)</h2>" + _html_table(header, z_rows))
 
@@ -221,20 +262,21 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
                "image, red: another image).", ""])
     parts.append("<h2>Retrieval gallery</h2><p>Text query &rarr; top images (green frame: the "
                  "query's own image, red: another image).</p>")
-    for qi, caption in enumerate(g["captions"]):
-      cells_md, cells_html = [], []
-      for j in range(g["images"].shape[1]):
-        hit = bool(g["hit"][qi, j])
-        name = f"gallery_{qi}_{j}.png"
-        png = thumbnail(g["images"][qi, j], hit)
-        images[name] = png
-        cells_md.append(f"![{'hit' if hit else 'miss'}]({name})")
-        cells_html.append(f"<figure><img alt='{'hit' if hit else 'miss'}' src='data:image/png;"
-                          f"base64,{base64.b64encode(png).decode()}'><figcaption>"
-                          f"{g['scores'][qi, j]:.3f}</figcaption></figure>")
-      md.extend([f"**{caption}**", "", " ".join(cells_md), ""])
-      parts.append(f"<div class='query'><p><b>{html.escape(str(caption))}</b></p>"
-                   f"<div class='row'>{''.join(cells_html)}</div></div>")
+    with _reading(gallery_path):
+      for qi, caption in enumerate(g["captions"]):
+        cells_md, cells_html = [], []
+        for j in range(g["images"].shape[1]):
+          hit = bool(g["hit"][qi, j])
+          name = f"gallery_{qi}_{j}.png"
+          png = thumbnail(g["images"][qi, j], hit)
+          images[name] = png
+          cells_md.append(f"![{'hit' if hit else 'miss'}]({name})")
+          cells_html.append(f"<figure><img alt='{'hit' if hit else 'miss'}' src='data:image/png;"
+                            f"base64,{base64.b64encode(png).decode()}'><figcaption>"
+                            f"{g['scores'][qi, j]:.3f}</figcaption></figure>")
+        md.extend([f"**{caption}**", "", " ".join(cells_md), ""])
+        parts.append(f"<div class='query'><p><b>{html.escape(str(caption))}</b></p>"
+                     f"<div class='row'>{''.join(cells_html)}</div></div>")
 
   for name, png in images.items():
     with open(os.path.join(out_dir, name), "wb") as f:

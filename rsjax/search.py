@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rsjax import search_kernels as kernels
+from rsjax.errors import InputError
 
 DENSE_BLOCK_SCORES = 1 << 24  # scores per BLAS call ([Q, rows] float32, 64 MiB)
 # Query batches at least this many per thread share each database block (turned word-major once
@@ -46,7 +47,7 @@ def pack_words(packed: np.ndarray) -> np.ndarray:
 
 def _check_k(k: int) -> int:
   if int(k) < 1:
-    raise ValueError(f"k must be >= 1, got {k}")
+    raise InputError(f"k (the number of results, --k) must be >= 1, got {k}")
   return int(k)
 
 
@@ -72,7 +73,9 @@ def hamming_topk(db_words: np.ndarray, query_words: np.ndarray, k: int,
   db = np.ascontiguousarray(db_words, np.uint64)
   q = np.ascontiguousarray(np.atleast_2d(query_words), np.uint64)
   if db.ndim != 2 or q.shape[1] != db.shape[1]:
-    raise ValueError(f"query codes have {q.shape[1]} words, the index {db.shape[1:]} per row")
+    raise InputError(f"query codes have {q.shape[1]} 64-bit words, the index {db.shape[1:]} per "
+                     "row: the queries come from another model than the index; encode them with "
+                     "the index's model")
   bits = int(bits or 64 * db.shape[1])
   threads = kernels.num_threads()
   n_q = len(q)
@@ -108,7 +111,9 @@ def dense_topk(db: np.ndarray, queries: np.ndarray, k: int,
   k = _check_k(k)
   q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
   if db.ndim != 2 or q.shape[1] != db.shape[1]:
-    raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {db.shape[1:]}")
+    raise InputError(f"query vectors have dimension {q.shape[1]}, the index {db.shape[1:]}: the "
+                     "queries come from another model than the index; encode them with the "
+                     "index's model")
   max_queries = DENSE_BLOCK_SCORES // MIN_BLOCK_ROWS
   if len(q) > max_queries:  # a query batch of any size: score matrices stay DENSE_BLOCK_SCORES
     parts = [dense_topk(db, q[i: i + max_queries], k, block_rows)
@@ -219,7 +224,8 @@ class ShardedSearch:
   def hamming_topk(self, query_words: np.ndarray, k: int):
     """query_words [Q, W64] uint64 -> (distances [Q, k] int32, rows [Q, k] int64)."""
     if self.words is None:
-      raise ValueError("this index has no binary codes")
+      raise InputError("this index has no binary codes (its model has no hashing head); search "
+                       "its dense vectors instead")
     k_local = min(_check_k(k), self.per)
     q = jnp.asarray(_words32(np.atleast_2d(query_words)))
     return self._gather(*self._local_hamming(self.words, q, k_local), k, descending=False)
@@ -227,7 +233,7 @@ class ShardedSearch:
   def dense_topk(self, queries: np.ndarray, k: int):
     """queries [Q, D] -> (scores [Q, k] float32, rows [Q, k] int64)."""
     if self.dense is None:
-      raise ValueError("this index has no dense vectors")
+      raise InputError("this index has no dense vectors; search its binary codes instead")
     k_local = min(_check_k(k), self.per)
     q = jnp.asarray(np.atleast_2d(queries), jnp.float32)
     return self._gather(*self._local_dense(self.dense, q, k_local), k, descending=True)

@@ -17,37 +17,35 @@ import numpy as np
 from rsjax.data import decode, records, sources
 
 
-def _collect(reader) -> list[records.Record]:
-  out = []
-  for rec in reader:
-    if isinstance(rec, records.BadRecordError):
-      raise rec
-    out.append(rec)
-  return out
+SKIP_HINT = "pass --skip-bad to leave bad records out and list them"
 
 
-def dataset_records(path: str, split: str | None = None) -> list[records.Record]:
-  """Records of a captions.jsonl data set or a class-folder tree, optionally one split only."""
-  if os.path.isfile(os.path.join(path, "captions.jsonl")):
-    recs = _collect(sources.read_source("captions_jsonl", path))
-  else:
-    recs = _collect(sources.read_source("image_folder", path))
+def dataset_records(path: str, split: str | None = None,
+                    skip_bad: bool = False) -> list[records.Record]:
+  """Records of a captions.jsonl data set or a class-folder tree, optionally one split only; one
+  per image (rows of the same image are merged, records.merge_duplicates). Bad annotation lines
+  are all listed in one error, or with `skip_bad` left out and logged."""
+  fmt = "captions_jsonl" if os.path.isfile(os.path.join(path, "captions.jsonl")) else "image_folder"
+  recs, bad = records.collect(sources.read_source(fmt, path), require_captions=False,
+                              check_files=False)
+  records.check_bad(bad, skip_bad, path, SKIP_HINT)
   if split:
     recs = [r for r in recs if r.split == split]
     if not recs:
-      raise ValueError(f"{path}: no images in split '{split}'")
+      raise records.NoRecordsError(f"{path}: no images in split '{split}'")
   return recs
 
 
-def list_images(path: str) -> list[str]:
-  """Absolute image paths of an archive: a captions.jsonl data set, a folder tree, or one file."""
+def list_images(path: str, skip_bad: bool = False) -> list[str]:
+  """Absolute image paths of an archive, each once: a captions.jsonl data set, a folder tree, or
+  one file."""
   path = os.path.abspath(path)
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no image folder or data set at {path}")
   if os.path.isfile(os.path.join(path, "captions.jsonl")):
-    return [r.images[0] for r in dataset_records(path)]
+    return [r.images[0] for r in dataset_records(path, skip_bad=skip_bad)]
   found = []
   for root, dirs, files in os.walk(path):
     dirs.sort()
@@ -63,10 +61,24 @@ def load_image(path: str, size: int) -> np.ndarray:
   return decode.decode_resized(decode.read_bytes(path), size, name=path)
 
 
-def batches(paths: list[str], size: int, batch: int) -> Iterator[np.ndarray]:
-  """Decoded images [b, size, size, 3] uint8, `batch` paths at a time."""
+def batches(paths: list[str], size: int, batch: int,
+            bad: records.BadRecords | None = None) -> Iterator[tuple[np.ndarray, list[str]]]:
+  """(decoded images [b, size, size, 3] uint8, their paths), `batch` paths at a time.
+
+  A file that cannot be read stops with its name, or with `bad` is added to it and left out (a
+  batch may then be smaller, or empty: [0, size, size, 3])."""
   for start in range(0, len(paths), batch):
-    yield np.stack([load_image(p, size) for p in paths[start: start + batch]])
+    images, kept = [], []
+    for p in paths[start: start + batch]:
+      try:
+        images.append(load_image(p, size))
+      except records.BadRecordError as e:
+        if bad is None:
+          raise type(e)(f"{e}; {SKIP_HINT}") from None
+        bad.add(p, e)
+        continue
+      kept.append(p)
+    yield (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept
 
 
 def class_names_for(path: str, labels: list[str]) -> list[str]:

@@ -38,6 +38,6 @@ def test_config_error_is_refused_before_compiling_in_one_line(case, tmp_path, ca
   monkeypatch.setattr(jax, "jit", _never_compile)
   assert main(args) == 2
   err = capsys.readouterr().err
-  assert err.startswith("rsjax: config error:") and err.count("\n") == 1, err
+  assert err.startswith("rsjax train: config error:") and err.count("\n") == 1, err
   for word in words:
     assert word in err, (word, err)

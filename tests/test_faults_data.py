@@ -87,7 +87,7 @@ def test_skip_bad_records_skips_exactly_the_bad_ones_and_reports_them(small_set,
   train_loop.train(_config(folder, "data.skip_bad_records=True"),
                   str(tmp_path_factory.mktemp("run")), devices=ONE_DEVICE)
   out = capsys.readouterr().out
-  assert "skipped 3 bad record(s):" in out
+  assert "skipped 3 bad record(s) (" in out
   for name, error in zip(names, [ERRORS[d] for d in sorted(ERRORS)]):
     assert any(name in line and error.__name__ in line for line in out.splitlines()), (name, out)
   assert "train 13 images" in out  # 16 - 3, nothing else dropped
@@ -102,9 +102,10 @@ def test_cli_names_the_bad_record_in_one_line(small_set, tmp_path_factory):
                          f"{ANNOTATED}:path={folder}", "--workdir",
                          str(tmp_path_factory.mktemp("run")), *sets],
                         env=env, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 1, done.stderr[-3000:]
-  errors = [line for line in done.stderr.splitlines() if line.startswith("rsjax: error:")]
-  assert len(errors) == 1 and "CorruptImageError" in errors[0] and name in errors[0], done.stderr
+  assert done.returncode == 2, done.stderr[-3000:]  # bad input: exit 2 (rsjax/errors.py)
+  errors = [line for line in done.stderr.splitlines() if line.startswith("rsjax train:")]
+  assert len(errors) == 1 and "input error" in errors[0] and name in errors[0], done.stderr
+  assert "data.skip_bad_records=True" in errors[0] and "Traceback" not in done.stderr
 
 
 def test_file_going_bad_during_a_streamed_run_is_named(small_set, tmp_path_factory, monkeypatch):

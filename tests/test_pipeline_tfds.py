@@ -227,11 +227,16 @@ def test_annotated_loader_skip_option(shared_data, tmp_path):
   """data.name="annotated" honours data.skip_bad_records the same way."""
   from rsjax.data.annotated import load_annotated
   import ml_collections
-  _bad_set(shared_data, tmp_path / "bad")
+  defects = _bad_set(shared_data, tmp_path / "bad")
   data = ml_collections.ConfigDict(dict(path=str(tmp_path / "bad"), format="captions_jsonl",
                                         image_size=16, skip_bad_records=False))
-  with pytest.raises(records.MissingImageError, match="missing.jpg"):
+  with pytest.raises(records.BadRecordError, match="5 bad records") as refused:
     load_annotated(data, str(tmp_path / "w1"), 8, 64)
+  listed = str(refused.value).splitlines()[1:]  # all five in one run, in file order, each named
+  assert [line.split(":")[0].strip() for line in listed] == [
+      "MissingImageError", "CorruptImageError", "EmptyCaptionsError", "CaptionTypeError",
+      "UnknownSplitError"]
+  assert all(defects[line.split(":")[0].strip()] in line for line in listed)
   data.skip_bad_records = True
   loaded = load_annotated(data, str(tmp_path / "w2"), 8, 64)
   assert loaded.train_images.shape == (1, 16, 16, 3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_config_args(p: argparse.ArgumentParser, workdir: bool = True) -> None:
@@ -15,15 +14,12 @@ def add_config_args(p: argparse.ArgumentParser, workdir: bool = True) -> None:
 
 
 def load_config_or_exit(args: argparse.Namespace, needs_data: bool = False):
-  """The config named by --config and --set, or exit 2 with the one-line reason. `needs_data`:
-  also refuse data paths that do not exist (for commands that read the data)."""
-  from rsjax.config import ConfigError, check_data_paths, load_config
+  """The config named by --config and --set; a ConfigError (exit 2 at the CLI's boundary)
+  otherwise. `needs_data`: also refuse data paths that do not exist (for commands that read the
+  data)."""
+  from rsjax.config import check_data_paths, load_config
 
-  try:
-    config = load_config(args.config, args.set)
-    if needs_data:
-      check_data_paths(config)
-    return config
-  except ConfigError as e:
-    print(f"rsjax: config error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+  config = load_config(args.config, args.set)
+  if needs_data:
+    check_data_paths(config)
+  return config

@@ -8,22 +8,16 @@
 from __future__ import annotations
 
 import os
-import sys
+
+from rsjax.errors import InputError
 
 
 def _prepare(args) -> int:
-  from rsjax.data import records, tfds_builders
+  from rsjax.data import tfds_builders
 
-  try:
-    path = tfds_builders.prepare(args.name, os.path.abspath(args.manual_dir),
-                                 os.path.abspath(args.data_dir), args.skip_bad_records,
-                                 args.caption_field)
-  except (records.BadRecordError, FileNotFoundError, ValueError) as e:
-    print(f"rsjax: data prepare: {type(e).__name__}: {e}", file=sys.stderr)
-    if isinstance(e, records.BadRecordError):
-      print("rsjax: pass --skip-bad-records to skip such records and list them",
-            file=sys.stderr)
-    raise SystemExit(1) from None
+  path = tfds_builders.prepare(args.name, os.path.abspath(args.manual_dir),
+                               os.path.abspath(args.data_dir), args.skip_bad_records,
+                               args.caption_field)
   info = tfds_builders.load_prepared(path).info
   counts = ", ".join(f"{s} {v.num_examples}" for s, v in sorted(info.splits.items()))
   print(f"prepared {args.name} in {path}: {counts}; "
@@ -37,9 +31,8 @@ def _tokenizer(args) -> int:
   path = os.path.join(os.path.abspath(args.data_dir), args.name)
   versions = sorted(os.listdir(path)) if os.path.isdir(path) else []
   if not versions:
-    print(f"rsjax: data tokenizer: no prepared set {args.name!r} in {args.data_dir}",
-          file=sys.stderr)
-    raise SystemExit(1)
+    raise InputError(f"no prepared set {args.name!r} in {args.data_dir} (run `rsjax data "
+                     "prepare` first)")
   prepared = os.path.join(path, versions[-1])
   model = tokenizer_files.train_for_prepared(tfds_builders.load_prepared(prepared),
                                              prepared, args.vocab_size, args.split)

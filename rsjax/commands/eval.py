@@ -7,9 +7,9 @@ WORKDIR/eval_gallery.npz (text queries with their top images) for `rsjax report`
 from __future__ import annotations
 
 import os
-import sys
 
 from rsjax.commands.common import add_config_args, load_config_or_exit
+from rsjax.errors import InputError
 
 
 def default_splits(config, available: list[str]) -> list[str]:
@@ -55,19 +55,14 @@ def run(args) -> int:
   workdir = os.path.abspath(args.workdir)
   parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes
   mesh = parallel.make_mesh(config)
-  try:
-    configured = registry.config_evaluators(config)
-  except ValueError as e:
-    print(f"rsjax eval: config error: {e}", file=sys.stderr)
-    return 2
+  configured = registry.config_evaluators(config)  # ConfigError naming eval.evaluators
   model, params, step = state.load_model(config, args.checkpoint or workdir, mesh)
   data = load_retrieval_data(config, workdir)
   splits = args.splits.split(",") if args.splits else default_splits(config, list(data.eval_splits))
   unknown = [s for s in splits if s not in data.eval_splits]
   if unknown:
-    print(f"rsjax eval: unknown split(s) {unknown}; this data set has {sorted(data.eval_splits)}",
-          file=sys.stderr)
-    return 2
+    raise InputError(f"--splits: unknown split(s) {unknown}; this data set has "
+                     f"{sorted(data.eval_splits)}")
   results = {"step": step, "splits": {}, "zero_shot": {}}
   gallery = None
   for i, name in enumerate(splits):

@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from rsjax.commands.common import load_config_or_exit
+from rsjax.errors import InputError
 
 
 def run(args) -> int:
-  from rsjax.convert import ConversionError
   from rsjax.export import export
 
   if bool(args.converted) == bool(args.workdir):
-    print("rsjax: export: give either --workdir (with --config) or --converted", file=sys.stderr)
-    raise SystemExit(2)
+    raise InputError("give either --workdir (with --config) or --converted")
   config = None
   if args.workdir:
     if not args.config:
-      print("rsjax: export: --workdir needs the run's --config", file=sys.stderr)
-      raise SystemExit(2)
+      raise InputError("--workdir needs the run's --config")
+    if not os.path.isdir(args.workdir):
+      raise InputError(f"--workdir {args.workdir} is not a folder; give a training run's folder")
     config = load_config_or_exit(args)
-  try:
-    export(args.format, args.out, config=config,
-           workdir=os.path.abspath(args.workdir) if args.workdir else None,
-           converted=args.converted)
-  except (ConversionError, FileNotFoundError) as e:
-    print(f"rsjax: export: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+  # ConversionError, checkpoint errors and missing files name the file; rsjax.cli reports them.
+  export(args.format, args.out, config=config,
+         workdir=os.path.abspath(args.workdir) if args.workdir else None,
+         converted=args.converted)
   return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from rsjax.commands.common import load_config_or_exit
 
@@ -15,73 +14,77 @@ def run(args) -> int:
   from tqdm import tqdm
 
   from rsjax import index, parallel, search_inputs, state
+  from rsjax.console import log
+  from rsjax.data import records
+  from rsjax.errors import InputError
   from rsjax.evaluation import encode
 
-  try:
-    tokenizer = state.tokenizer_path(args.checkpoint, args.tokenizer)
-    paths = search_inputs.list_images(args.images)
-    if args.chunk_size < 1:
-      raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    resume = _unfinished_run(args.out, paths)
-    exists = os.path.exists(os.path.join(args.out, "index.json"))
-    if resume is None and args.append and not exists:
-      raise index.IndexFileError(f"--append: {args.out} holds no index yet")
-    if resume is None and not args.append and exists:
-      raise index.IndexFileError(f"{args.out} already holds an index; pass --append to add to "
-                                 "it, or choose another --out")
-  except (FileNotFoundError, ValueError) as e:
-    print(f"rsjax index: {e}", file=sys.stderr)
-    return 2
+  tokenizer = state.tokenizer_path(args.checkpoint, args.tokenizer)
+  if args.chunk_size < 1 or args.batch_size < 1:
+    raise InputError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and "
+                     f"{args.batch_size}")
+  paths = search_inputs.list_images(args.images, skip_bad=args.skip_bad)
+  resume = _unfinished_run(args.out, paths)
+  exists = os.path.exists(os.path.join(args.out, "index.json"))
+  if resume is None and args.append and not exists:
+    raise index.IndexFileError(f"--append: {args.out} holds no index yet")
+  if resume is None and not args.append and exists:
+    raise index.IndexFileError(f"{args.out} already holds an index; pass --append to add to it, "
+                               "or choose another --out")
   mesh = parallel.make_mesh(config)
   model, params, step = state.load_model(config, args.checkpoint, mesh)
   identity = index.model_identity(config, state.checkpoint_dir(args.checkpoint), step, params,
                                   tokenizer)
   if exists:  # refuse a mismatched model before encoding anything
-    try:
-      index.check_identity(index.read_meta(args.out), identity, args.out)
-    except index.IndexFileError as e:
-      print(f"rsjax index: {e}", file=sys.stderr)
-      return 2
+    index.check_identity(index.read_meta(args.out), identity, args.out)
   done = resume or 0
   if done:
     print(f"index {args.out}: resuming an unfinished run of these {len(paths)} images at image "
           f"{done}", flush=True)
   enc_img, _ = encode.encoders(model)
-  hash_img = encode.hash_encoders(model)[0] if config.model.hashing.bits else None
+  bits = config.model.hashing.bits
+  hash_img = encode.hash_encoders(model)[0] if bits else None
   size = config.data.image_size
   building = {"images_digest": index.images_digest(paths), "total": len(paths)}
-  meta = None
+  bad = records.BadRecords() if args.skip_bad else None
+  meta, added = None, 0
   # One chunk per --chunk-size images, each written atomically with index.json last: a run that
   # is interrupted keeps every finished chunk, and the same command resumes after the last one.
   with jax.set_mesh(mesh), tqdm(total=len(paths), initial=done, unit="img", desc="index",
                                 disable=args.quiet) as bar:
     for lo in range(done, len(paths), args.chunk_size):
       chunk_paths = paths[lo: lo + args.chunk_size]
-      dense, codes = [], []
-      for batch in search_inputs.batches(chunk_paths, size, args.batch_size):
-        dense.append(encode.encode_in_batches(enc_img, params, batch, args.batch_size, mesh))
+      # Rows of a chunk whose images were all skipped: empty arrays of the model's widths.
+      dense, codes, kept = [np.zeros((0, config.model.embed_dim), np.float32)], [], []
+      if hash_img is not None:
+        codes.append(np.zeros((0, -(-bits // 8)), np.uint8))
+      batches = search_inputs.batches(chunk_paths, size, args.batch_size, bad)
+      for start, (images, batch_paths) in zip(range(0, len(chunk_paths), args.batch_size),
+                                              batches):
+        bar.update(len(chunk_paths[start: start + args.batch_size]))  # skipped ones included
+        if not batch_paths:
+          continue
+        kept += batch_paths
+        dense.append(encode.encode_in_batches(enc_img, params, images, args.batch_size, mesh))
         if hash_img is not None:
-          codes.append(encode.encode_in_batches(hash_img, params, batch, args.batch_size,
-                                                  mesh).astype(np.uint8))
-        bar.update(len(batch))
+          codes.append(encode.encode_in_batches(hash_img, params, images, args.batch_size,
+                                                mesh).astype(np.uint8))
       finished = lo + len(chunk_paths) == len(paths)
-      try:
-        meta = index.write_chunk(
-            args.out, identity, chunk_paths, np.concatenate(dense),
-            np.concatenate(codes) if codes else None, args.dtype,
-            append=os.path.exists(os.path.join(args.out, "index.json")),
-            building=None if finished else {**building, "done": lo + len(chunk_paths)})
-      except index.IndexFileError as e:
-        print(f"rsjax index: {e}", file=sys.stderr)
-        return 2
+      meta = index.write_chunk(
+          args.out, identity, kept, np.concatenate(dense),
+          np.concatenate(codes) if codes else None, args.dtype,
+          append=os.path.exists(os.path.join(args.out, "index.json")),
+          building=None if finished else {**building, "done": lo + len(chunk_paths)})
+      added += len(kept)
+  if bad is not None and len(bad):
+    log(bad.summary())
   if meta is None:
-    print(f"rsjax index: no images to add in {args.images}", file=sys.stderr)
-    return 2
+    raise InputError(f"no images to add in {args.images}")
   total = sum(c["rows"] for c in meta["chunks"])
-  print(f"index {args.out}: {len(paths) - done} images added, {total} in {len(meta['chunks'])} chunk(s); "
+  print(f"index {args.out}: {added} images added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "
         f"{'%d-bit codes' % meta['bits'] if meta['bits'] else 'no binary codes'}; "
-        f"model step {step}")
+        f"model step {step}" + (f"; {len(bad)} bad image(s) skipped" if bad else ""))
   return 0
 
 
@@ -121,5 +124,8 @@ def register(sub) -> None:
                  help="images per chunk file; an interrupted run resumes after the last chunk")
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer.model for queries (default: the one in the run's workdir)")
+  p.add_argument("--skip-bad", action="store_true",
+                 help="leave out images that cannot be read (and bad annotation lines), listing "
+                 "them, instead of stopping at the first")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(run=run)

@@ -45,26 +45,21 @@ def _argv(args) -> list[str]:
 
 
 def run(args) -> int:
+  from rsjax.errors import RsjaxError
   from rsjax.plan import format_plan, make_plan, parse_mesh
 
-  try:
-    mesh = parse_mesh(args.mesh)
-  except ValueError as e:
-    print(f"rsjax plan: {e}", file=sys.stderr)
-    return 2
+  mesh = parse_mesh(args.mesh)  # InputError naming --mesh; rsjax.cli reports it
   if not _fake_cpu_devices(math.prod(mesh)):
     if os.environ.get(_CHILD):
-      print("rsjax plan: could not create the fake CPU devices", file=sys.stderr)
-      return 1
+      raise RsjaxError(f"could not create the {math.prod(mesh)} fake CPU devices that --mesh "
+                       f"{args.mesh} needs")
     # jax started earlier in this process with too few devices: plan in a fresh process.
     env = dict(os.environ, **{_CHILD: "1"})
     return subprocess.call([sys.executable, "-m", "rsjax.cli", "plan", *_argv(args)], env=env)
   config = load_config_or_exit(args)
-  try:
-    plan, _ = make_plan(config, mesh, args.chip, args.mfu)
-  except ValueError as e:  # mesh, batch or divisibility problems, named
-    print(f"rsjax plan: {e}", file=sys.stderr)
-    return 2
+  # Mesh, batch or divisibility problems raise ConfigError / InputError naming the key or
+  # argument; rsjax.cli reports them (exit 2).
+  plan, _ = make_plan(config, mesh, args.chip, args.mfu)
   title = f"rsjax plan: {args.config} {' '.join('--set ' + s for s in args.set)}".rstrip()
   print(format_plan(plan, title), flush=True)
   if args.json:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+from rsjax.errors import InputError
 
 
 def run(args) -> int:
@@ -17,24 +20,20 @@ def run(args) -> int:
   from rsjax.data.tokenizers import SentencePieceTokenizer
 
   if args.k < 1 or args.rerank < 0:
-    print("rsjax search: --k must be >= 1 and --rerank >= 0", file=sys.stderr)
-    return 2
+    raise InputError(f"--k must be >= 1 and --rerank >= 0, got --k {args.k} --rerank {args.rerank}")
   empty = [i + 1 for i, q in enumerate(args.query) if not q.strip()]
   if empty:
-    print(f"rsjax search: query {', '.join(map(str, empty))} is empty; give some text to search "
-          "for", file=sys.stderr)
-    return 2
-  try:
-    idx = index.load(args.index, verify=not args.no_verify)
-    meta = idx.meta["model"]
-    if args.binary and idx.codes is None:
-      raise index.IndexFileError(f"index {args.index} has no binary codes (built with a model "
-                                 "without a hashing head); drop --binary")
-    if meta["tokenizer_digest"] != index.file_digest(meta["tokenizer"]):
-      raise index.IndexFileError(f"tokenizer {meta['tokenizer']} changed since the index was built")
-  except (index.IndexFileError, FileNotFoundError) as e:
-    print(f"rsjax search: {e}", file=sys.stderr)
-    return 2
+    raise InputError(f"query {', '.join(map(str, empty))} is empty; give some text to search for")
+  idx = index.load(args.index, verify=not args.no_verify)
+  meta = idx.meta["model"]
+  if args.binary and idx.codes is None:
+    raise index.IndexFileError(f"index {args.index} has no binary codes (built with a model "
+                               "without a hashing head); drop --binary")
+  if not meta["tokenizer"] or not os.path.isfile(meta["tokenizer"]):
+    raise index.IndexFileError(f"tokenizer {meta['tokenizer']} of index {args.index} is gone; "
+                               "rebuild the index")
+  if meta["tokenizer_digest"] != index.file_digest(meta["tokenizer"]):
+    raise index.IndexFileError(f"tokenizer {meta['tokenizer']} changed since the index was built")
   if "building" in idx.meta:
     b = idx.meta["building"]
     print(f"rsjax search: warning: index {args.index} is unfinished ({b['done']} of {b['total']} "
@@ -43,11 +42,10 @@ def run(args) -> int:
   mesh = parallel.make_mesh(config)
   model, params, step = state.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
   if index.params_digest(params) != meta["params_digest"]:
-    print(f"rsjax search: checkpoint {meta['checkpoint']} step {step} no longer holds the "
-          "parameters this index was built with; rebuild the index", file=sys.stderr)
-    return 2
-  tokens = SentencePieceTokenizer(meta["tokenizer"]).encode(args.query,
-                                                            config.model.text.context_length)
+    raise index.IndexFileError(f"checkpoint {meta['checkpoint']} step {step} no longer holds the "
+                               "parameters this index was built with; rebuild the index")
+  tokens = query_tokens(SentencePieceTokenizer(meta["tokenizer"]), args.query,
+                        config.model.text.context_length)
   _, enc_txt = encode.encoders(model)
   with jax.set_mesh(mesh):
     q_dense = encode.encode_in_batches(enc_txt, params, tokens, len(tokens), mesh)
@@ -76,6 +74,18 @@ def run(args) -> int:
         value = f"{h[label]:.0f}" if label == "hamming" else f"{h[label]:.4f}"
         print(f"{h['rank']:>4}  {value:>8}  {h['path']}")
   return 0
+
+
+def query_tokens(tokenizer, queries: list[str], context_length: int):
+  """[Q, context_length] ids; a query longer than the text tower reads is cut, with a warning
+  naming it (the tower sees only its first context_length - 1 pieces)."""
+  tokens, lengths = tokenizer.encode_with_lengths(queries, context_length)
+  for q, n in zip(queries, lengths):
+    if n > context_length - 1:
+      print(f"rsjax search: warning: query {q[:40]!r}{'...' if len(q) > 40 else ''} is {n} "
+            f"tokens; the model reads the first {context_length - 1} (model.text.context_length "
+            f"{context_length}), so the rest is ignored", file=sys.stderr)
+  return tokens
 
 
 def register(sub) -> None:

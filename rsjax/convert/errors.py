@@ -5,9 +5,10 @@ problems before raising, so one run shows the whole list rather than the first i
 """
 
 from __future__ import annotations
+from rsjax.errors import InputError
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
   """A checkpoint that cannot be converted; the message names every offending key."""
 
 

@@ -65,11 +65,23 @@ def to_open_clip(flat: dict[str, np.ndarray], model_cfg) -> dict[str, np.ndarray
   return state
 
 
+WEIGHT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def check_weights_path(out: str) -> None:
+  """Refuses an output name whose extension names no weights format, before any work."""
+  ext = os.path.splitext(out)[1]
+  if ext not in WEIGHT_EXTENSIONS:
+    raise ConversionError(f"{out}: unknown weights format {ext!r} (name the file .safetensors, "
+                          ".pt or .bin)")
+
+
 def save_open_clip(state: dict[str, np.ndarray], model_cfg, image_size: int, out: str,
                    log=print) -> tuple[str, str]:
   """Writes the state dict (.safetensors with numpy; .pt/.bin with torch) and, beside it,
   NAME.json in open_clip's model-config format. Returns (weights path, config path)."""
   out = os.path.abspath(out)
+  check_weights_path(out)
   stem, ext = os.path.splitext(out)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   if ext == ".safetensors":
@@ -78,8 +90,8 @@ def save_open_clip(state: dict[str, np.ndarray], model_cfg, image_size: int, out
   elif ext in (".pt", ".pth", ".bin"):
     torch = import_torch(out)
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, out)
-  else:
-    raise ConversionError(f"{out}: unknown weights format {ext!r} (use .safetensors, .pt or .bin)")
+  else:  # check_weights_path admits no other extension
+    raise AssertionError(ext)
   config_path = stem + ".json"
   with open(config_path, "w") as f:
     json.dump(open_clip_config(model_cfg, image_size), f, indent=2)

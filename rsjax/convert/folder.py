@@ -53,8 +53,11 @@ def convert_file(path: str, out_dir: str, arch: str | None = None, activation: s
   """Converts one checkpoint file into OUT_DIR (which must not exist or be empty). Returns the
   written converted.json content."""
   out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ConversionError(f"output folder {out_dir} is a file; give a new or empty folder as --out")
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ConversionError(f"output folder {out_dir} exists and is not empty")
+    raise ConversionError(f"output folder {out_dir} exists and is not empty; give a new or empty "
+                          "folder as --out")
   tensors, kind = read_checkpoint(path, unsafe_pickle)
   openai_style = kind == "torchscript" or any(k in tensors for k in OPENAI_METADATA)
   log(f"convert: read {len(tensors)} tensors from {path} ({kind})")
@@ -113,9 +116,18 @@ def read_info(directory: str) -> dict:
     raise ConversionError(f"{directory} is not a converted checkpoint (no {INFO_FILE}; make one "
                           "with `rsjax convert`)")
   with open(path) as f:
-    info = json.load(f)
-  if info.get("format") != FORMAT:
-    raise ConversionError(f"{path}: unknown format {info.get('format')!r}")
+    try:
+      info = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ConversionError(f"{path}: not valid JSON ({e}); convert the checkpoint again with "
+                            "`rsjax convert`") from None
+  if not isinstance(info, dict) or info.get("format") != FORMAT:
+    found = info.get("format") if isinstance(info, dict) else type(info).__name__
+    raise ConversionError(f"{path}: unknown format {found!r}; convert the checkpoint again with "
+                          "`rsjax convert`")
+  missing = [k for k in ("model", "image_size") if k not in info]
+  if missing:
+    raise ConversionError(f"{path}: no {missing}; convert the checkpoint again with `rsjax convert`")
   return info
 
 
@@ -123,8 +135,18 @@ def load_converted(directory: str):
   """(converted.json content, model ConfigDict, flat params {path: numpy float32})."""
   directory = os.path.abspath(directory)
   info = read_info(directory)
-  with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(directory, PARAMS_DIR))
+  params_dir = os.path.join(directory, PARAMS_DIR)
+  if not os.path.isdir(params_dir):
+    raise ConversionError(f"{directory} has {INFO_FILE} but no {PARAMS_DIR}/ folder; convert the "
+                          "checkpoint again with `rsjax convert`")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(params_dir)
+  except Exception as e:  # noqa: BLE001  orbax raises many types for a damaged folder
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise ConversionError(f"{params_dir}: the converted weights cannot be read "
+                          f"({type(e).__name__}: {first}); convert the checkpoint again with "
+                          "`rsjax convert`") from None
   flat = flax.traverse_util.flatten_dict(restored, sep="/")
   flat = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
   return info, ml_collections.ConfigDict(info["model"]), flat

@@ -33,6 +33,12 @@ def to_numpy(value) -> np.ndarray:
   return np.asarray(value)
 
 
+def _first_line(error: BaseException) -> str:
+  """'TypeName: first line of the message', for a one-line refusal."""
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def import_torch(path: str):
   """torch, or a ConversionError saying that reading/writing `path` needs it."""
   try:
@@ -50,26 +56,45 @@ def read_checkpoint(path: str, unsafe_pickle: bool = False) -> tuple[dict[str, n
   `unsafe_pickle` lifts that for files from a trusted source that pickle other objects.
   """
   if not os.path.isfile(path):
-    raise ConversionError(f"checkpoint file not found: {path}")
+    what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+    raise ConversionError(f"checkpoint file {what}: {path}; give the PyTorch checkpoint file "
+                          "(.pt, .bin or .safetensors)")
   if path.endswith(".safetensors"):
     try:
-      import torch  # noqa: F401  (reads bfloat16, which numpy cannot)
-      from safetensors.torch import load_file
-      tensors = {k: to_numpy(v) for k, v in load_file(path).items()}
-    except ImportError:
-      from safetensors.numpy import load_file
-      tensors = {k: np.asarray(v) for k, v in load_file(path).items()}
+      try:
+        import torch  # noqa: F401  (reads bfloat16, which numpy cannot)
+        from safetensors.torch import load_file
+        tensors = {k: to_numpy(v) for k, v in load_file(path).items()}
+      except ImportError:
+        from safetensors.numpy import load_file
+        tensors = {k: np.asarray(v) for k, v in load_file(path).items()}
+    except OSError:
+      raise
+    except Exception as e:  # noqa: BLE001  safetensors' own error type: the file is not one
+      raise ConversionError(f"{path}: not a readable .safetensors file ({_first_line(e)})"
+                            ) from None
     return tensors, "safetensors"
   torch = import_torch(path)
   if is_torchscript(path):
-    module = torch.jit.load(path, map_location="cpu")
+    try:
+      module = torch.jit.load(path, map_location="cpu")
+    except Exception as e:  # noqa: BLE001  torch's errors for a damaged archive vary
+      raise ConversionError(f"{path}: a TorchScript archive torch.jit.load cannot read "
+                            f"({_first_line(e)})") from None
     return {k: to_numpy(v) for k, v in module.state_dict().items()}, "torchscript"
   try:
     obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
   except Exception as e:
-    raise ConversionError(
-        f"{path}: torch.load could not read it safely ({type(e).__name__}: {e}). If the file comes "
-        "from a source you trust and pickles other objects, rerun with --unsafe-pickle") from e
+    text = str(e)
+    if not unsafe_pickle and "Weights only load failed" in text:
+      why = next((line.strip() for line in text.splitlines() if "WeightsUnpickler" in line),
+                 text.splitlines()[0] if text else "")
+      raise ConversionError(
+          f"{path}: torch.load could not read it safely ({why}). If the file comes from a source "
+          "you trust and pickles other objects, rerun with --unsafe-pickle") from e
+    raise ConversionError(f"{path}: not a PyTorch checkpoint torch.load can read "
+                          f"({_first_line(e)}); give a .pt, .bin or .safetensors state dict"
+                          ) from e
   tensors, nest = flatten_checkpoint(obj, path)
   return tensors, "pickle" + nest
 

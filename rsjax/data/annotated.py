@@ -18,7 +18,7 @@ Config keys (data section):
   bands              () keeps RGB / all bands, or band indices, e.g. (3, 2, 1)
   max_value          white level of non-uint8 images (0 -> the dtype's maximum)
   train_split        split to train on; every other split present is available for evaluation
-  skip_bad_records   skip (and list) bad records instead of stopping at the first
+  skip_bad_records   skip (and list) bad records instead of stopping on them (all are listed)
   tokenizer_path     "" -> a SentencePiece model trained on the train captions in the workdir
   memory_dihedral    with stream=False: random flips / quarter turns of the in-memory train
                      images (captions are kept as they are, so the loader refuses captions whose
@@ -40,10 +40,14 @@ from rsjax.data.augment import Dihedral, rewrite_caption
 from rsjax.data.tokenize import eval_split, tokenize_per_image, tokenizer_for
 from rsjax.data.types import RetrievalData
 from rsjax.console import log
+from rsjax.errors import ConfigError
+
+
+SKIP_HINT = "set data.skip_bad_records=True to skip bad records and list them"
 
 
 def read_checked(data: ml_collections.ConfigDict) -> tuple[list[records.Record], records.BadRecords]:
-  """All records of the configured source that pass the checks (or the first error)."""
+  """The configured source's records that pass the checks, and every one that does not."""
   options = {}
   if data.format == "captions_jsonl":
     options["caption_field"] = data.get("caption_field", "captions")
@@ -53,7 +57,7 @@ def read_checked(data: ml_collections.ConfigDict) -> tuple[list[records.Record],
   if templates:  # label-only sets (RSSCN7, image folders): captions from the class name
     raw = [r if isinstance(r, records.BadRecordError) or r.captions or r.label is None
            else _with_captions(r, tuple(t.format(label=r.label) for t in templates)) for r in raw]
-  return records.collect(raw, skip_bad=data.get("skip_bad_records", False))
+  return records.collect(raw)
 
 
 def prompt_templates(data: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -63,7 +67,7 @@ def prompt_templates(data: ml_collections.ConfigDict) -> tuple[str, ...]:
   templates = tuple(t for t in templates if t)
   for t in templates:
     if "{label}" not in t:
-      raise ValueError(f"config key 'data.label_prompt': template {t!r} has no '{{label}}'")
+      raise ConfigError(f"config key 'data.label_prompt': template {t!r} has no '{{label}}'")
   return templates
 
 
@@ -74,7 +78,7 @@ def check_turn_free(captions: list[list[str]], path: str) -> None:
   for caps in captions:
     for c in caps:
       if any(rewrite_caption(c, t) != c for t in turns):
-        raise ValueError(f"config key 'data.memory_dihedral': caption {c!r} of {path} has "
+        raise ConfigError(f"config key 'data.memory_dihedral': caption {c!r} of {path} has "
                          "direction words a flip or turn would change; use data.stream=True "
                          "(caption-aware augmentation) instead")
 
@@ -95,21 +99,20 @@ def _with_captions(record: records.Record, captions: tuple[str, ...]) -> records
 
 def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
                    bad: records.BadRecords) -> tuple[np.ndarray, list[records.Record]]:
-  """Decodes and resizes each record's image -> ([N, S, S, C] uint8, the records kept)."""
+  """Decodes and resizes each record's image -> ([N, S, S, C] uint8, the records kept); a record
+  that cannot be decoded is added to `bad`."""
   size, bands = data.image_size, tuple(data.get("bands", ())) or None
   max_value = data.get("max_value", 0) or None
   images, kept = [], []
   for r in recs:
-    if len(r.images) != 1:
-      raise records.BadRecordError(f"{r.where}: an image pair; the image-text trainer takes "
-                                   "single images (change pairs need the temporal pipeline)")
     try:
+      if len(r.images) != 1:
+        raise records.BadRecordError("an image pair; the image-text trainer takes single images "
+                                     "(change pairs need the temporal pipeline)")
       images.append(decode.decode_resized(decode.read_bytes(r.images[0]), size, r.images[0],
                                           bands, max_value))
     except records.BadRecordError as e:
-      if not data.get("skip_bad_records", False):
-        raise type(e)(f"{r.where} [{r.key}]: {e}") from None
-      bad.add(r.where, e)
+      bad.add(r.where, type(e)(f"{r.where} [{r.key}]: {e}"))
       continue
     kept.append(r)
   if not images:
@@ -117,19 +120,37 @@ def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
   return np.stack(images), kept
 
 
+def by_split(recs: list[records.Record]) -> dict[str, list[records.Record]]:
+  out: dict[str, list[records.Record]] = {}
+  for r in recs:
+    out.setdefault(r.split, []).append(r)
+  return out
+
+
+def check_splits(splits: dict[str, list[records.Record]], bad: records.BadRecords,
+                 data: ml_collections.ConfigDict) -> None:
+  """Refuses a set with nothing (left) in its train split, saying whether bad records are why."""
+  train_split = data.get("train_split", "train")
+  if splits.get(train_split):
+    return
+  if len(bad) or not splits:
+    records.require_records([], bad, data.path, f"split {train_split!r}" if splits else "")
+  raise ConfigError(f"config key 'data.train_split': no records in split {train_split!r} of "
+                    f"{data.path} (splits present: {sorted(splits)})")
+
+
 def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
                    vocab_size: int, progress: bool = True) -> RetrievalData:
+  """The set in memory. Every bad record, in the annotations or an image, is found in one pass
+  and listed at once (records.check_bad)."""
   recs, bad = read_checked(data)
   train_split = data.get("train_split", "train")
-  by_split: dict[str, list[records.Record]] = {}
-  for r in recs:
-    by_split.setdefault(r.split, []).append(r)
-  if train_split not in by_split:
-    raise ValueError(f"config key 'data.train_split': no records in split {train_split!r} of "
-                     f"{data.path} (splits present: {sorted(by_split)})")
-  arrays = {s: decode_records(rs, data, bad) for s, rs in by_split.items()}
-  if len(bad):
-    log(bad.summary())
+  if not len(bad):
+    check_splits(by_split(recs), bad, data)  # before decoding anything
+  arrays = {s: decode_records(rs, data, bad) for s, rs in by_split(recs).items()}
+  records.check_bad(bad, data.get("skip_bad_records", False), data.path, SKIP_HINT)
+  check_splits({s: kept for s, (_, kept) in arrays.items() if kept}, bad, data)
+  arrays = {s: a for s, a in arrays.items() if len(a[1])}
   captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
   train_captions = [c for caps in captions[train_split] for c in caps]
   tokenizer = tokenizer_for(train_captions, workdir, vocab_size, data.get("tokenizer_path", ""))

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import ftfy
 import numpy as np
+
+from rsjax.errors import ConfigError, InputError
 import regex
 
 VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -74,7 +76,7 @@ def find_vocab() -> str:
   for folder in (spec.submodule_search_locations or []) if spec else []:
     if os.path.isfile(os.path.join(folder, VOCAB_NAME)):
       return os.path.join(folder, VOCAB_NAME)
-  raise FileNotFoundError(
+  raise InputError(
       f"CLIP's BPE merges file {VOCAB_NAME} was not found: `pip install open_clip_torch` (which "
       "ships it), set RSJAX_CLIP_VOCAB to a copy, or point data.tokenizer_path at the copy in a "
       "folder made by `rsjax convert`")
@@ -86,15 +88,21 @@ class ClipTokenizer:
   def __init__(self, vocab_path: str | None = None):
     vocab_path = vocab_path or find_vocab()
     if not os.path.isfile(vocab_path):
-      raise FileNotFoundError(f"CLIP BPE merges file not found: {vocab_path}")
+      raise InputError(f"CLIP BPE merges file not found: {vocab_path} (data.tokenizer_path or "
+                       "RSJAX_CLIP_VOCAB); give the bpe_simple_vocab_16e6.txt.gz open_clip ships")
     self.path = vocab_path
-    with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
-      lines = f.read().split("\n")[1:NUM_MERGES + 1]  # line 0 is a version header
+    try:
+      with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[1:NUM_MERGES + 1]  # line 0 is a version header
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:
+      raise InputError(f"{vocab_path}: not a gzip'd CLIP BPE merges file ({type(e).__name__}: "
+                       f"{e}); give the bpe_simple_vocab_16e6.txt.gz open_clip ships") from None
     merges = [tuple(line.split()) for line in lines]
     bad = [i + 2 for i, m in enumerate(merges) if len(m) != 2]
     if bad or len(merges) != NUM_MERGES:
-      raise ValueError(f"{vocab_path}: not a CLIP BPE merges file ({len(merges)} merges read, "
-                       f"malformed lines {bad[:5]})")
+      raise InputError(f"{vocab_path}: not a CLIP BPE merges file ({len(merges)} merges read, "
+                       f"malformed lines {bad[:5]}); give the bpe_simple_vocab_16e6.txt.gz "
+                       "open_clip ships")
     symbols = list(byte_symbols().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [START, END]
     self._ids = {piece: i for i, piece in enumerate(vocab)}
@@ -146,7 +154,8 @@ class ClipTokenizer:
                            ) -> tuple[np.ndarray, int]:
     """Like `encode`, and also returns how many texts were cut (so callers can warn)."""
     if length < 2:
-      raise ValueError(f"context length {length} leaves no room for the start and end tokens")
+      raise ConfigError(f"config key 'model.text.context_length': context length {length} leaves "
+                        "no room for the start and end tokens (use >= 2)")
     out = np.full((len(texts), length), PAD_ID, np.int32)
     cut = 0
     for row, text in enumerate(texts):

@@ -14,6 +14,7 @@ import ml_collections
 from rsjax.data.annotated import load_annotated
 from rsjax.data.synthetic import load_rs_synth
 from rsjax.data.types import RetrievalData
+from rsjax.errors import ConfigError
 
 
 def load_prepared(*args, **kwargs) -> RetrievalData:
@@ -34,6 +35,6 @@ def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,
                         progress: bool = True) -> RetrievalData:
   name = config.data.name
   if name not in LOADERS:
-    raise ValueError(f"config key 'data.name': unknown data set '{name}', choose from {sorted(LOADERS)}")
+    raise ConfigError(f"config key 'data.name': unknown data set '{name}', choose from {sorted(LOADERS)}")
   return LOADERS[name](config.data, workdir, config.model.text.context_length,
                        config.model.text.vocab_size, progress)

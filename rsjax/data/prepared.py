@@ -30,6 +30,7 @@ from rsjax.data import decode, stream, tfds_builders, tokenizer_files, webscale
 from rsjax.data.tokenize import eval_split, tokenizer_for
 from rsjax.data.types import StreamingRetrievalData
 from rsjax.console import log
+from rsjax.errors import ConfigError
 
 
 def prepared_dir(data: ml_collections.ConfigDict) -> str:
@@ -81,7 +82,7 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   builder = tfds_builders.load_prepared(path)
   train_split = data.get("train_split", "train")
   if train_split not in builder.info.splits:
-    raise ValueError(f"config key 'data.train_split': {path} has no split {train_split!r} "
+    raise ConfigError(f"config key 'data.train_split': {path} has no split {train_split!r} "
                      f"(splits: {sorted(builder.info.splits)})")
   model_path = data.get("tokenizer_path", "")
   if not model_path and os.path.isfile(tokenizer_files.beside(path)):
@@ -118,7 +119,7 @@ def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length:
   source = webscale.ConvertedSource(data.converted_dir)
   model_path = data.get("tokenizer_path", "")
   if not model_path:
-    raise ValueError("config key 'data.tokenizer_path': a converted corpus needs a tokenizer named "
+    raise ConfigError("config key 'data.tokenizer_path': a converted corpus needs a tokenizer named "
                      "up front ('clip_bpe', or a model made by `rsjax data tokenizer`)")
   tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
   spec = stream.spec_from_config(data, context_length, model_path)

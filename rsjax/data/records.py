@@ -2,8 +2,9 @@
 
 Every source (captions.jsonl, Karpathy JSON, LEVIR-CC, image folders, web corpora) yields `Record`s
 as they are written in the file; `check_record` then validates them. Each error names the file and
-the record, so a user can find and fix the line. `collect` applies the checks to a whole source and,
-when asked, skips the bad records and lists them instead of stopping.
+the record, so a user can find and fix the line. `collect` applies the checks to a whole source in one
+pass and merges rows of the same image; `check_bad` then stops on every bad record at once, or
+skips and lists them.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import dataclasses
 import os
 from typing import Iterable
 
+from rsjax.console import log
+from rsjax.errors import InputError
+
 SPLITS = ("train", "val", "test")
 
 
-class BadRecordError(ValueError):
+class BadRecordError(InputError):
   """A record that cannot be used; the message names the file and the record."""
 
 
@@ -69,7 +73,8 @@ def check_record(record: Record, require_captions: bool = True, check_files: boo
                              "not text")
   captions = tuple(c.strip() for c in record.captions if c.strip())
   if require_captions and not captions:
-    raise EmptyCaptionsError(f"{at}: image {record.key!r} has an empty caption list")
+    what = "has only blank captions" if record.captions else "has no captions"
+    raise EmptyCaptionsError(f"{at}: image {record.key!r} {what}")
   if check_files:
     for path in record.images:
       if not os.path.isfile(path):
@@ -77,29 +82,112 @@ def check_record(record: Record, require_captions: bool = True, check_files: boo
   return record if captions == record.captions else dataclasses.replace(record, captions=captions)
 
 
+class DuplicateImageError(BadRecordError):
+  """A row names an image already listed, in another split or with another label."""
+
+
+class NoRecordsError(BadRecordError):
+  """Nothing usable is left of a data set or one of its splits."""
+
+
+# How many bad records an error or a log lists one per line; the counts by kind cover them all.
+LISTED = 50
+
+
 @dataclasses.dataclass
 class BadRecords:
-  """The records skipped under data.skip_bad_records: (where, error class, message) each."""
+  """Every bad record of a data set, found in one pass: (where, error class, message) each."""
   items: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+  _classes: list[type] = dataclasses.field(default_factory=list, repr=False)
 
   def add(self, record_where: str, error: BadRecordError) -> None:
     self.items.append((record_where, type(error).__name__, str(error)))
+    self._classes.append(type(error))
 
   def __len__(self) -> int:
     return len(self.items)
 
+  def counts(self) -> dict[str, int]:
+    """{error class name: count}, in the order the kinds first occur."""
+    out: dict[str, int] = {}
+    for _, kind, _ in self.items:
+      out[kind] = out.get(kind, 0) + 1
+    return out
+
+  def _listing(self) -> list[str]:
+    """One line per record, in file order (decode failures are found after the checks)."""
+    ordered = sorted(self.items, key=lambda item: _file_order(item[0]))
+    lines = [f"  {kind}: {message}" for _, kind, message in ordered[:LISTED]]
+    if len(self.items) > LISTED:
+      lines.append(f"  ... and {len(self.items) - LISTED} more")
+    return lines
+
   def summary(self) -> str:
-    lines = [f"skipped {len(self.items)} bad record(s):"]
-    lines += [f"  {kind}: {message}" for _, kind, message in self.items]
-    return "\n".join(lines)
+    """The log lines of a run that skipped these records."""
+    kinds = ", ".join(f"{k} {n}" for k, n in self.counts().items())
+    return "\n".join([f"skipped {len(self.items)} bad record(s) ({kinds}):"] + self._listing())
+
+  def error(self, source: str, hint: str) -> BadRecordError:
+    """The error that stops a run on these records: one line for one record; for several, their
+    counts by kind and the list. Of the records' own class when they share one."""
+    classes = set(self._classes)
+    cls = classes.pop() if len(classes) == 1 else BadRecordError
+    if len(self.items) == 1:
+      return cls(f"{self.items[0][2]}; {hint}")
+    kinds = ", ".join(f"{k} {n}" for k, n in self.counts().items())
+    return cls("\n".join([f"{source}: {len(self.items)} bad records ({kinds}); {hint}:"]
+                         + self._listing()))
 
   def to_json(self) -> list[dict]:
     return [{"record": w, "error": k, "message": m} for w, k, m in self.items]
 
 
-def collect(records: Iterable, skip_bad: bool = False, require_captions: bool = True,
-            check_files: bool = True, bad: BadRecords | None = None) -> tuple[list[Record], BadRecords]:
-  """Checks every record; raises on the first bad one, or with `skip_bad` skips and lists it."""
+def _file_order(where: str) -> tuple[str, int, str]:
+  """'captions.jsonl:12' -> ('captions.jsonl', 12, ''), so that line 12 sorts after line 9."""
+  file, _, rest = where.rpartition(":")
+  return (file, int(rest), "") if file and rest.isdigit() else (where, -1, where)
+
+
+def merge_duplicates(recs: list[Record], bad: BadRecords) -> tuple[list[Record], list[str]]:
+  """One record per image (or image pair), in the order images first appear.
+
+  Rows that name the same image in the same split with the same label are merged: the later
+  rows' captions are appended to the first row's (exact repeats dropped). A row that names it in
+  another split (a leak between train and test) or with another label is a DuplicateImageError.
+  Returns (records, one note per merge for the log)."""
+  first: dict[tuple[str, ...], int] = {}
+  out: list[Record] = []
+  notes = []
+  for r in recs:
+    i = first.get(r.images)
+    if i is None:
+      first[r.images] = len(out)
+      out.append(r)
+      continue
+    kept = out[i]
+    if (r.split, r.label, r.changed) != (kept.split, kept.label, kept.changed):
+      field = ("split" if r.split != kept.split else "label" if r.label != kept.label
+               else "change flag")
+      theirs, ours = [getattr(x, {"change flag": "changed"}.get(field, field)) for x in (kept, r)]
+      bad.add(r.where, DuplicateImageError(
+          f"{r.where} [{r.key}]: the image of {kept.where} again, with {field} {ours!r} "
+          f"instead of {theirs!r}; an image is listed once (rows of the same image, split and "
+          "label are merged)"))
+      continue
+    new = tuple(c for c in r.captions if c not in kept.captions)
+    keywords = kept.keywords + tuple(k for k in r.keywords if k not in kept.keywords)
+    out[i] = dataclasses.replace(kept, captions=kept.captions + new, keywords=keywords)
+    notes.append(f"{r.where}: the image of {kept.where}; {len(new)} caption(s) merged into it")
+  return out, notes
+
+
+def collect(records: Iterable, require_captions: bool = True, check_files: bool = True,
+            bad: BadRecords | None = None, merge: bool = True) -> tuple[list[Record], BadRecords]:
+  """Checks every record in one pass -> (good records in file order, every bad one).
+
+  Nothing is raised here: the caller decodes what it needs (adding decode failures to `bad`), then
+  calls `check_bad` once, so that one run lists every fault. With `merge`, rows of the same image
+  are merged (merge_duplicates)."""
   bad = BadRecords() if bad is None else bad
   good = []
   for record in records:
@@ -108,10 +196,36 @@ def collect(records: Iterable, skip_bad: bool = False, require_captions: bool = 
         raise record
       record = check_record(record, require_captions, check_files)
     except BadRecordError as e:
-      if not skip_bad:
-        raise
       bad.add(str(e).split(": ")[0] if isinstance(record, BadRecordError)
               else record.where or record.key, e)
       continue
     good.append(record)
+  if merge:
+    good, notes = merge_duplicates(good, bad)
+    if notes:
+      log(f"merged {len(notes)} row(s) naming an image already listed:\n  "
+          + "\n  ".join(notes[:LISTED]) + ("" if len(notes) <= LISTED else
+                                              f"\n  ... and {len(notes) - LISTED} more"))
   return good, bad
+
+
+def check_bad(bad: BadRecords, skip_bad: bool, source: str, hint: str) -> None:
+  """After the whole set was read: raises the error listing every bad record, or (skipping)
+  logs them. `hint`: how to skip them in this command (a config key or a flag)."""
+  if not len(bad):
+    return
+  if not skip_bad:
+    raise bad.error(source, hint)
+  log(bad.summary())
+
+
+def require_records(recs: list, bad: BadRecords, source: str, what: str = "") -> None:
+  """Raises NoRecordsError when nothing usable is left, naming how many were bad and why."""
+  if recs:
+    return
+  scope = f" in {what}" if what else ""
+  if len(bad):
+    kinds = ", ".join(f"{k} {n}" for k, n in bad.counts().items())
+    raise NoRecordsError(f"{source}: no usable records{scope}: all {len(bad)} were bad "
+                         f"({kinds}; listed above)")
+  raise NoRecordsError(f"{source}: no records{scope}")

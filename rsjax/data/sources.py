@@ -20,7 +20,8 @@ import json
 import os
 from typing import Callable, Iterator
 
-from rsjax.data.records import SPLITS, BadRecordError, Record
+from rsjax.data.records import SPLITS, BadRecordError, NoRecordsError, Record
+from rsjax.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -31,17 +32,26 @@ def _join(root: str, relative: str) -> str:
 
 def read_captions_jsonl(path: str, image_root: str | None = None,
                         caption_field: str = "captions") -> Iterator[Record | BadRecordError]:
-  """captions.jsonl: one JSON object per line; image paths relative to the file's folder."""
+  """captions.jsonl: one JSON object per line; image paths relative to the file's folder.
+
+  A UTF-8 byte-order mark (Windows editors write one) is accepted; a line that is not UTF-8 is a
+  bad record of its own."""
   root = image_root or os.path.dirname(os.path.abspath(path))
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, 1):
       where = f"{path}:{line_no}"
+      try:
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        yield BadRecordError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                             f"{e.start + 1}); save the file as UTF-8")
+        continue
       if not line.strip():
         continue
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        yield BadRecordError(f"{where}: not valid JSON ({e.msg})")
+        yield BadRecordError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
         continue
       if not isinstance(row, dict):
         yield BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -53,21 +63,33 @@ def read_captions_jsonl(path: str, image_root: str | None = None,
       else:
         yield BadRecordError(f"{where}: no 'image' (or 'image_a' and 'image_b') field")
         continue
+      if not all(isinstance(p, str) and p.strip() for p in images):
+        yield BadRecordError(f"{where}: the image path {images if len(images) > 1 else images[0]!r}"
+                             " is not a file name")
+        continue
+      split = row.get("split", "train")
       captions = row.get(caption_field, [])
       if not isinstance(captions, list):
         captions = [captions]  # a bare caption is checked (and rejected if not text) later
-      yield Record(key=images[0], split=row.get("split", "train"),
+      keywords = row.get("keywords", ())
+      yield Record(key=images[0], split=split if isinstance(split, str) else repr(split),
                    images=tuple(_join(root, p) for p in images), captions=tuple(captions),
                    label=row.get("label"), changed=row.get("changed"),
-                   keywords=tuple(row.get("keywords", ())), where=where)
+                   keywords=tuple(keywords) if isinstance(keywords, list) else (),
+                   where=where)
 
 
 def _load_json(path: str) -> object:
-  with open(path, encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise BadRecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  """A whole-file JSON annotation (a UTF-8 byte-order mark accepted)."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return json.loads(raw.decode("utf-8-sig"))
+  except UnicodeDecodeError as e:
+    raise BadRecordError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                         f"{e.start}); save the file as UTF-8") from None
+  except json.JSONDecodeError as e:
+    raise BadRecordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _sentences(entry: dict) -> list:
@@ -161,7 +183,7 @@ def read_levir_mci(path: str, image_root: str | None = None) -> Iterator[Record 
     listing = os.path.join(folder, f"{split}.txt")
     if not os.path.isfile(listing):
       continue
-    with open(listing, encoding="utf-8") as f:
+    with open(listing, encoding="utf-8-sig") as f:
       names = [line.strip() for line in f if line.strip()]
     for line_no, name in enumerate(names, 1):
       where = f"{listing}:{line_no}"
@@ -223,8 +245,13 @@ def read_source(fmt: str, path: str, image_root: str | None = None,
                 **options) -> Iterator[Record | BadRecordError]:
   """Records of the annotation `path` in format `fmt` (a key of READERS)."""
   if fmt not in READERS:
-    raise ValueError(f"unknown annotation format {fmt!r}; choose from {sorted(READERS)}")
+    raise ConfigError(f"config key 'data.format': unknown annotation format {fmt!r}; choose from "
+                      f"{sorted(READERS)}")
   path = resolve_annotation(path, fmt)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"annotation file or folder not found: {path}")
+    hint = (" (a folder of class folders is data.format='image_folder')"
+            if fmt == "captions_jsonl" and os.path.isdir(os.path.dirname(path)) else "")
+    raise NoRecordsError(f"annotation file or folder not found: {path}{hint}")
+  if os.path.isfile(path) and not os.path.getsize(path):
+    raise NoRecordsError(f"{path}: the annotation file is empty (0 bytes)")
   return READERS[fmt](path, image_root or None, **options)

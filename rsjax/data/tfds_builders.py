@@ -3,7 +3,8 @@
 `rsjax data prepare NAME --manual-dir DIR --data-dir DIR` runs one. Every set has the same
 features, so one grain pipeline reads them all:
 
-  key       text      the image's path relative to the manual dir (unique)
+  key       text      the image's path relative to the manual dir (a pair's two joined by "|"),
+                      unique: rows naming the same image are merged (records.merge_duplicates)
   image     bytes     the image file as stored (JPEG / PNG / TIFF, decoded in the pipeline so
                       16-bit and multi-band TIFFs keep everything)
   image_b   bytes     the "after" image of a change pair, b"" otherwise
@@ -12,9 +13,9 @@ features, so one grain pipeline reads them all:
   keywords  [text]    RSITMD keywords, [] elsewhere
   changed   int32     1 / 0 for change pairs, -1 otherwise
 
-Records are checked (records.check_record) and every image is decoded once while preparing, so a
-missing, truncated or corrupt file stops the build with its name, or under skip_bad_records is
-skipped and listed in the set's metadata.json ("bad_records") and in the log. metadata.json also
+Records are checked (records.check_record) and every image is decoded once while preparing, so
+missing, truncated or corrupt files stop the build with all of them named, or under
+skip_bad_records are skipped and listed in the set's metadata.json ("bad_records") and the log. metadata.json also
 holds the per-channel normalisation of the train split and where the annotations came from.
 """
 
@@ -29,6 +30,7 @@ import tensorflow_datasets as tfds
 
 from rsjax.data import decode, records, sources
 from rsjax.console import log
+from rsjax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +80,8 @@ def find_annotations(name: str, manual_dir: str) -> tuple[str, str, str]:
     if (os.path.isfile(path) if file else os.path.isdir(path)):
       return fmt, path, os.path.join(manual_dir, root)
     tried.append(path)
-  raise FileNotFoundError(f"data set {name!r}: no annotations in {manual_dir} (looked for "
-                          f"{', '.join(tried)})")
+  raise InputError(f"data set {name!r}: no annotations in {manual_dir} (looked for "
+                   f"{', '.join(tried)})")
 
 
 class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -129,15 +131,14 @@ class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     options = {"caption_field": self._caption_field} if fmt == "captions_jsonl" else {}
     spec = SETS[self.SET_NAME]
     recs, bad = records.collect(sources.read_source(fmt, path, root or None, **options),
-                                skip_bad=self._skip_bad, require_captions=spec.require_captions)
+                                require_captions=spec.require_captions)
     recs = self._decodable(recs, bad)
-    if len(bad):
-      log(bad.summary())
+    records.check_bad(bad, self._skip_bad, path,
+                      "pass --skip-bad-records to skip bad records and list them")
+    records.require_records(recs, bad, path)
     by_split: dict[str, list] = {}
     for r in recs:
       by_split.setdefault(r.split, []).append(r)
-    if not by_split:
-      raise records.BadRecordError(f"{path}: no usable records")
     self.info.metadata.update({
         "format": fmt, "annotations": os.path.abspath(path), "skip_bad_records": self._skip_bad,
         "num_bad_records": len(bad), "bad_records": bad.to_json(),
@@ -146,17 +147,15 @@ class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(rs, manual_dir) for split, rs in by_split.items()}
 
   def _decodable(self, recs: list, bad: records.BadRecords) -> list:
-    """Decodes every image once (in full: a truncated file only fails at its last rows)."""
+    """Decodes every image once (in full: a truncated file only fails at its last rows); the
+    records that fail go to `bad`."""
     good = []
     for r in recs:
       try:
         for p in r.images:
           decode.decode_file(p)
       except records.BadRecordError as e:
-        e = type(e)(f"{r.where} [{r.key}]: {e}")
-        if not self._skip_bad:
-          raise e from None
-        bad.add(r.where, e)
+        bad.add(r.where, type(e)(f"{r.where} [{r.key}]: {e}"))
         continue
       good.append(r)
     return good
@@ -170,8 +169,8 @@ class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {"mean": list(norm.mean), "std": list(norm.std)}
 
   def _generate_examples(self, recs: list, manual_dir: str):
-    for r in recs:
-      rel = os.path.relpath(r.images[0], manual_dir)
+    for r in recs:  # one record per image or pair (records.merge_duplicates): unique keys
+      rel = "|".join(os.path.relpath(p, manual_dir) for p in r.images)
       yield rel, {
           "key": rel,
           "image": decode.read_bytes(r.images[0]),
@@ -187,7 +186,7 @@ class AnnotatedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def builder_class(name: str) -> type:
   """The TFDS builder class of a set in SETS (TFDS takes the data set's name from the class)."""
   if name not in SETS:
-    raise ValueError(f"unknown data set {name!r}; choose from {sorted(SETS)}")
+    raise InputError(f"unknown data set {name!r}; choose from {sorted(SETS)}")
   cls_name = "".join(part.title() for part in name.split("_")) + "Rsjax"
   return type(cls_name, (AnnotatedBuilder,), {"name": name, "SET_NAME": name,
                                               "__module__": __name__})
@@ -196,6 +195,12 @@ def builder_class(name: str) -> type:
 def prepare(name: str, manual_dir: str, data_dir: str, skip_bad_records: bool = False,
             caption_field: str = "captions") -> str:
   """Builds the set into data_dir; returns the prepared folder (<data_dir>/<name>/<version>)."""
+  if not os.path.isdir(manual_dir):
+    raise InputError(f"--manual-dir {manual_dir} is not a folder; give the folder with the "
+                     f"{name} annotations and images")
+  if not os.listdir(manual_dir):
+    raise InputError(f"--manual-dir {manual_dir} is empty; give the folder with the {name} "
+                     "annotations and images")
   builder = builder_class(name)(data_dir=data_dir, skip_bad_records=skip_bad_records,
                                 caption_field=caption_field)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -206,5 +211,5 @@ def prepare(name: str, manual_dir: str, data_dir: str, skip_bad_records: bool = 
 def load_prepared(path: str):
   """A prepared set's TFDS builder, read from its folder (no builder class needed)."""
   if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-    raise FileNotFoundError(f"no prepared data set in {path} (run `rsjax data prepare` first)")
+    raise InputError(f"no prepared data set in {path} (run `rsjax data prepare` first)")
   return tfds.builder_from_directory(path)

@@ -54,13 +54,19 @@ class SentencePieceTokenizer:
 
   def encode_counting_cuts(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, int]:
     """Like `encode`, and also returns how many texts were cut (so callers can warn)."""
+    out, lengths = self.encode_with_lengths(texts, length)
+    return out, int(sum(n > length - 1 for n in lengths))
+
+  def encode_with_lengths(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, list[int]]:
+    """Like `encode`, and also each text's length in pieces before cutting (end-of-text not
+    counted): a text was cut where that exceeds length - 1."""
     out = np.full((len(texts), length), PAD, np.int32)
-    cut = 0
+    lengths = []
     for row, ids in enumerate(self._sp.encode(list(texts))):
-      cut += len(ids) > length - 1
+      lengths.append(len(ids))
       ids = ids[: length - 1] + [EOS]
       out[row, : len(ids)] = ids
-    return out, cut
+    return out, lengths
 
   def decode(self, ids: np.ndarray) -> list[str]:
     return [self._sp.decode([int(i) for i in row if i not in (PAD, EOS)]) for row in np.asarray(ids)]

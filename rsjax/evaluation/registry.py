@@ -23,6 +23,7 @@ from rsjax.console import log
 from rsjax.data.types import EvalSplit, RetrievalData
 from rsjax.evaluation import gallery, hashing, labels, recalls
 from rsjax.evaluation.encode import SplitEncodings
+from rsjax.errors import ConfigError
 
 EVALUATORS = {m.NAME: m for m in (recalls, hashing, labels, gallery)}
 
@@ -64,7 +65,7 @@ def check_names(names: Sequence[str], key: str = "eval.evaluators") -> None:
     if name not in EVALUATORS:
       close = difflib.get_close_matches(name, list(EVALUATORS), n=1)
       hint = f" (did you mean '{close[0]}'?)" if close else ""
-      raise ValueError(f"config key '{key}': unknown evaluator '{name}'{hint}; "
+      raise ConfigError(f"config key '{key}': unknown evaluator '{name}'{hint}; "
                        f"known: {', '.join(EVALUATORS)}")
 
 
@@ -72,15 +73,15 @@ def config_evaluators(config) -> tuple[str, ...]:
   """eval.evaluators, checked: known names, "retrieval" among them (eval.json's recalls), not the
   report's gallery (images, not metrics; `rsjax eval` draws it on its first split)."""
   if "label_metrics" in config.eval:
-    raise ValueError("config key 'eval.label_metrics' was replaced by eval.evaluators: use "
+    raise ConfigError("config key 'eval.label_metrics' was replaced by eval.evaluators: use "
                      "evaluators=(\"retrieval\", \"labels\")")
   names = tuple(config.eval.get("evaluators", (recalls.NAME,)))
   check_names(names)
   if recalls.NAME not in names:
-    raise ValueError(f"config key 'eval.evaluators': {names} must include '{recalls.NAME}' "
+    raise ConfigError(f"config key 'eval.evaluators': {names} must include '{recalls.NAME}' "
                      "(the recalls of eval.json)")
   if gallery.NAME in names:
-    raise ValueError(f"config key 'eval.evaluators': '{gallery.NAME}' is not a metric; "
+    raise ConfigError(f"config key 'eval.evaluators': '{gallery.NAME}' is not a metric; "
                      "`rsjax eval` writes the gallery of its first split for the report")
   return names
 
@@ -95,7 +96,7 @@ def evaluate_split(ctx: EvalContext, names: Sequence[str], required: bool = True
     reason = module.unavailable(ctx)
     if reason:
       if required:
-        raise ValueError(f"config key 'eval.evaluators': '{name}' cannot run: {reason}")
+        raise ConfigError(f"config key 'eval.evaluators': '{name}' cannot run: {reason}")
       continue
     out[name] = module.evaluate(ctx)
   return out

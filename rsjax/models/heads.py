@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.errors import ConfigError
 from rsjax.losses import binary_codes as binarize  # one definition of the codes: sign(0) = +1
 from rsjax.losses import relax_codes
 from rsjax.models.layers import logical
@@ -43,7 +44,8 @@ class ProjectionHead(nn.Module):
       return nn.Dense(self.embed_dim, use_bias=False,
                       kernel_init=logical(nn.initializers.lecun_normal(), (None, None)),
                       name="fc2")(x)
-    raise ValueError(f"unknown projection '{self.kind}' (use 'linear' or 'mlp')")
+    raise ConfigError(f"config key 'model.projection': unknown projection '{self.kind}' (use "
+                      "'linear' or 'mlp')")
 
 
 class ContrastiveHead(nn.Module):
@@ -77,7 +79,8 @@ class HashingHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, beta: jax.Array | float = 1.0, train: bool = True):
     if self.bits not in HASH_BITS:
-      raise ValueError(f"hash bits must be one of {HASH_BITS}, got {self.bits}")
+      raise ConfigError(f"config key 'model.hashing.bits': hash bits must be one of {HASH_BITS} "
+                        f"(or 0: no hashing head), got {self.bits}")
     z = nn.Dense(self.bits, kernel_init=logical(nn.initializers.lecun_normal(), ("embed", None)),
                  name="hash")(x.astype(jnp.float32))
     return relax_codes(z, beta) if train else binarize(z)

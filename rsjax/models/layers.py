@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.errors import ConfigError
+
 Dtype = Any
 logical = nn.with_logical_partitioning
 dense_init = nn.initializers.normal(stddev=0.02)
@@ -198,7 +200,8 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None):
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy '{self.remat}', choose from {sorted(REMAT_POLICIES)}")
+      raise ConfigError(f"config key 'model.remat': unknown remat policy '{self.remat}', choose "
+                        f"from {sorted(REMAT_POLICIES)}")
     policy = REMAT_POLICIES[self.remat]
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, activation=self.activation,
               dtype=self.dtype, param_dtype=self.param_dtype)

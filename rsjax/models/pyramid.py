@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.errors import ConfigError
 from rsjax.models.layers import Dtype, LayerNorm, logical
 
 conv_init = logical(nn.initializers.lecun_normal(), (None, None, None, None))
@@ -124,7 +125,8 @@ class FeaturePyramid(nn.Module):
       elif self.pool == "gem":
         pooled.append(GeMPool(name=f"pool_s{stride}")(flat))
       else:
-        raise ValueError(f"unknown pyramid pooling '{self.pool}' (use 'attention' or 'gem')")
+        raise ConfigError(f"config key 'model.image.pyramid.pool': unknown pyramid pooling "
+                          f"'{self.pool}' (use 'attention' or 'gem')")
     fused = nn.Dense(self.embed_dim, dtype=self.dtype, name="fuse",
                      kernel_init=logical(nn.initializers.lecun_normal(), (None, "embed")))(
                          jnp.concatenate(pooled, -1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from rsjax.errors import InputError
 from rsjax.models.vit import VIT_SIZES
 
 # name -> (vision size, patch, image size, embed dim, text width, text depth, text heads, activation)
@@ -57,7 +58,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 def model_config(name: str) -> tuple[ml_collections.ConfigDict, int]:
   """(model ConfigDict, native image size) of a named CLIP architecture."""
   if name not in _CLIP:
-    raise ValueError(f"unknown model '{name}', choose from {list_models()}")
+    raise InputError(f"unknown model '{name}' (--arch, or a config's arch argument), choose from "
+                     f"{list_models()}")
   size, patch, image_size, embed, t_width, t_depth, t_heads, act = _CLIP[name]
   width, depth, heads = VIT_SIZES[size]
   c = default_model_config()

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rsjax.errors import ConfigError
 from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
 
@@ -52,11 +53,13 @@ class TextTransformer(nn.Module):
     valid = ids != PAD_ID  # [B, L]
     if self.pool == "argmax":
       if not self.causal:
-        raise ValueError("text pool 'argmax' needs causal=True: it leaves padding keys unmasked")
+        raise ConfigError("config key 'model.text.pool': 'argmax' needs model.text.causal=True: "
+                          "it leaves padding keys unmasked")
       valid = jnp.ones_like(valid)
     if self.pool == "cls":
       if self.causal:
-        raise ValueError("text pool 'cls' needs causal=False: a causal first token sees nothing")
+        raise ConfigError("config key 'model.text.pool': 'cls' needs model.text.causal=False: a "
+                          "causal first token sees nothing")
       cls = self.param("cls", logical(nn.initializers.normal(0.02), ("embed",)), (self.width,),
                        self.param_dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width)), x], 1)
@@ -81,6 +84,7 @@ class TextTransformer(nn.Module):
       weights = valid.astype(x.dtype)[..., None]
       pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
     else:
-      raise ValueError(f"unknown text pooling '{self.pool}' (use 'eot', 'argmax', 'cls' or 'mean')")
+      raise ConfigError(f"config key 'model.text.pool': unknown text pooling '{self.pool}' (use "
+                        "'eot', 'argmax', 'cls' or 'mean')")
     embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
     return {"embedding": embedding, "tokens": x}

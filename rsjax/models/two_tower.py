@@ -11,13 +11,14 @@ import ml_collections
 from rsjax.models.heads import ContrastiveHead, HashingHead, l2_normalize, pack_codes
 from rsjax.models.text import TextTransformer
 from rsjax.models.vit import VisionTransformer
+from rsjax.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _levels(pyramid: ml_collections.ConfigDict) -> tuple[tuple[int, int], ...]:
   if len(pyramid.taps) != len(pyramid.strides):
-    raise ValueError(f"config keys 'model.image.pyramid.taps' {tuple(pyramid.taps)} and "
+    raise ConfigError(f"config keys 'model.image.pyramid.taps' {tuple(pyramid.taps)} and "
                      f"'model.image.pyramid.strides' {tuple(pyramid.strides)} differ in length")
   return tuple((int(layer), int(stride))
                for layer, stride in zip(pyramid.taps, pyramid.strides, strict=True))
@@ -34,7 +35,7 @@ class TwoTower(nn.Module):
   def setup(self):
     c = self.config
     if c.dtype not in DTYPES:
-      raise ValueError(f"config key 'model.dtype': unknown dtype '{c.dtype}', choose from {sorted(DTYPES)}")
+      raise ConfigError(f"config key 'model.dtype': unknown dtype '{c.dtype}', choose from {sorted(DTYPES)}")
     kw = dict(dtype=DTYPES[c.dtype], param_dtype=jnp.float32, remat=c.remat, scan=c.scan,
               projection=c.projection, activation=c.activation)
     pyramid = c.image.pyramid

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rsjax.errors import ConfigError
 from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
 from rsjax.models.pyramid import FeaturePyramid
@@ -68,12 +69,14 @@ class VisionTransformer(nn.Module):
                   kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
                   name="patch_embed")(images)
     if self.stem != "conv":
-      raise ValueError(f"unknown stem '{self.stem}' (use 'patch' or 'conv')")
+      raise ConfigError(f"config key 'model.image.stem': unknown stem '{self.stem}' (use 'patch' "
+                        "or 'conv')")
     # Early convolutions (Xiao et al. 2021): log2(p) stride-2 3x3 convs, widths doubling up to D.
     # They make a small ViT train faster and keep detail from objects of a few pixels.
     n = int(math.log2(p))
     if 2 ** n != p:
-      raise ValueError(f"the conv stem needs a power-of-two patch size, got {p}")
+      raise ConfigError(f"config key 'model.image.patch_size': the conv stem needs a power-of-two "
+                        f"patch size, got {p}")
     x = images
     for i in range(n):
       channels = self.width // 2 ** (n - 1 - i)
@@ -90,13 +93,14 @@ class VisionTransformer(nn.Module):
       images = (images.astype(jnp.float32) * 0.5 + 0.5 - CLIP_MEAN) / CLIP_STD
     elif self.input_norm == "dataset":
       if len(self.input_mean) != images.shape[-1] or len(self.input_std) != images.shape[-1]:
-        raise ValueError(f"input_norm 'dataset' needs one model.image.input_mean / input_std value "
-                         f"per channel ({images.shape[-1]}), got {self.input_mean} / {self.input_std}")
+        raise ConfigError(f"config key 'model.image.input_mean': input_norm 'dataset' needs one "
+                          f"model.image.input_mean / input_std value per channel "
+                          f"({images.shape[-1]}), got {self.input_mean} / {self.input_std}")
       pixels = (images.astype(jnp.float32) + 1.0) * 127.5  # back to the 0..255 scale
       images = (pixels - jnp.asarray(self.input_mean)) / jnp.asarray(self.input_std)
     elif self.input_norm != "none":
-      raise ValueError(f"unknown image input_norm '{self.input_norm}' "
-                       "(use 'none', 'clip' or 'dataset')")
+      raise ConfigError(f"config key 'model.image.input_norm': unknown image input_norm "
+                        f"'{self.input_norm}' (use 'none', 'clip' or 'dataset')")
     x = self._embed_patches(images.astype(self.dtype))
     batch, gh, gw, _ = x.shape
     x = x.reshape(batch, gh * gw, self.width)
@@ -117,7 +121,8 @@ class VisionTransformer(nn.Module):
     elif self.pool == "gap":
       pooled = x[:, 1:].mean(1)
     else:
-      raise ValueError(f"unknown image pooling '{self.pool}' (use 'cls' or 'gap')")
+      raise ConfigError(f"config key 'model.image.pool': unknown image pooling '{self.pool}' (use "
+                        "'cls' or 'gap')")
     pooled = LayerNorm(**kw, name="ln_post")(pooled)
     embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
     out = {"embedding": embedding, "tokens": x[:, 1:], "grid": (gh, gw), "taps": tapped}

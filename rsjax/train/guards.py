@@ -7,9 +7,10 @@ import signal
 import numpy as np
 
 from rsjax.console import log
+from rsjax.errors import RsjaxError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RsjaxError, FloatingPointError):
   """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 
 

@@ -25,6 +25,7 @@ from rsjax.evaluation.registry import config_evaluators, evaluate_run
 from rsjax.metric_writer import MetricWriter
 from rsjax.train.guards import NonFiniteGuard, PreemptionFlag
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
+from rsjax.errors import ConfigError
 
 
 def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[RetrievalData, object]:
@@ -32,11 +33,15 @@ def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[Retriev
   t = config.train
   data = load_retrieval_data(config, workdir)
   if data.tokenizer.vocab_size > config.model.text.vocab_size:
-    raise ValueError(f"tokenizer has {data.tokenizer.vocab_size} pieces but config key "
-                     f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+    raise ConfigError(f"config key 'model.text.vocab_size' is {config.model.text.vocab_size} but "
+                      f"the tokenizer has {data.tokenizer.vocab_size} pieces")
+  if config.eval.split not in data.eval_splits:  # refused before the model is built
+    raise ConfigError(f"config key 'eval.split': the data set has no {config.eval.split!r} split "
+                      f"to evaluate on (it has {', '.join(sorted(data.eval_splits)) or 'none'} "
+                      "besides the train split); add one, or --set eval.split=NAME")
   label_source = label_key(config)
   if label_source and data.train_labels is None:
-    raise ValueError(f"config key '{label_source}' is 'label' but the train split has no class "
+    raise ConfigError(f"config key '{label_source}' is 'label' but the train split has no class "
                      "labels (in-memory label-only sets have them: data.name='annotated' with "
                      "data.label_prompt and stream=False)")
   if hasattr(data, "train_iterator"):  # a streamed set (data.name="tfds"): grain decodes + augments

@@ -21,13 +21,14 @@ from rsjax.models.heads import hash_beta
 from rsjax.models.two_tower import TwoTower
 from rsjax.pixels import normalize_images
 from rsjax.state import TrainState
+from rsjax.errors import ConfigError
 
 
 def grad_accum_steps(config: ml_collections.ConfigDict) -> int:
   """train.grad_accum_steps (1 for configs written before the key existed)."""
   k = config.train.get("grad_accum_steps", 1)
   if not isinstance(k, int) or k < 1:
-    raise ValueError(f"config key 'train.grad_accum_steps' must be an integer >= 1, got {k!r}")
+    raise ConfigError(f"config key 'train.grad_accum_steps' must be an integer >= 1, got {k!r}")
   return k
 
 
@@ -50,7 +51,7 @@ def positives_by_label(t: ml_collections.ConfigDict) -> bool:
   """train.positives: "pair" (only image i matches caption i) or "label" (same class matches)."""
   positives = t.get("positives", "pair")
   if positives not in ("pair", "label"):
-    raise ValueError(f"config key 'train.positives': unknown {positives!r} (use pair or label)")
+    raise ConfigError(f"config key 'train.positives': unknown {positives!r} (use pair or label)")
   return positives == "label"
 
 
@@ -62,7 +63,7 @@ def hash_positives_by_label(t: ml_collections.ConfigDict) -> bool:
   if positives == "":
     return positives_by_label(t)
   if positives not in ("pair", "label"):
-    raise ValueError(f"config key 'train.hash_positives': unknown {positives!r} "
+    raise ConfigError(f"config key 'train.hash_positives': unknown {positives!r} "
                      "(use pair, label, or empty to follow train.positives)")
   return positives == "label"
 
@@ -97,17 +98,17 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
   accum = grad_accum_steps(config)
   multi = mesh is not None and parallel.data_parallel_size(mesh) > 1
   if t.loss_sharding not in ("ring", "auto", "all_gather"):
-    raise ValueError(f"config key 'train.loss_sharding': unknown '{t.loss_sharding}' "
+    raise ConfigError(f"config key 'train.loss_sharding': unknown '{t.loss_sharding}' "
                      "(use ring, auto or all_gather)")
   ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
   gather = multi and t.loss_sharding == "all_gather"
   by_label, hash_by_label = positives_by_label(t), hash_positives_by_label(t)
   if by_label and (ring_mesh is not None or gather):
-    raise ValueError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
+    raise ConfigError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
                      "on a mesh of several data-parallel devices")
   prefix_bits = tuple(t.get("hash_prefix_bits", ()))
   if any(not 0 < b < hashing.bits for b in prefix_bits):
-    raise ValueError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
+    raise ConfigError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
                      f"between 0 and model.hashing.bits={hashing.bits}")
 
   def loss_fn(params, batch, beta):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rsjax.errors import ConfigError
 from rsjax.data import captions_grammar as grammar
 from rsjax.data.rs_synth.drawing import (ASPHALT, BACKGROUNDS, draw_object, draw_river,
                                          draw_road, parts_fn_for)
@@ -46,7 +47,8 @@ class ChallengeSpec:
   def __post_init__(self):
     check_image_size(self.image_size)
     if self.num_examples < 0:
-      raise ValueError(f"num_examples must be >= 0: {self}")
+      raise ConfigError(f"config key 'data.challenge_size': RS-Synth challenge num_examples must "
+                        f"be >= 0, got {self.num_examples}")
 
 
 def _streams(spec: ChallengeSpec, subset: str, index: int) -> tuple[np.random.Generator, list[int]]:

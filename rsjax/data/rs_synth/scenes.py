@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rsjax.errors import ConfigError
 from rsjax.data import captions_grammar as grammar
 from rsjax.data.rs_synth.drawing import BACKGROUNDS, draw_object, draw_river, draw_road
 from rsjax.data.rs_synth.groups import (describe_objects, draw_context, group_on_water,
@@ -25,7 +26,8 @@ SPLITS = ("train", "val", "test")
 def check_image_size(image_size: int) -> None:
   """Tiles hold a 3x3 grid of object cells: below 16 px a cell has no room for an object."""
   if image_size < 16:
-    raise ValueError(f"image_size must be >= 16 (3x3 grid of objects), got {image_size}")
+    raise ConfigError(f"config key 'data.image_size': RS-Synth's image_size must be >= 16 (3x3 "
+                      f"grid of objects), got {image_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,9 @@ class SynthSpec:
   def __post_init__(self):
     check_image_size(self.image_size)
     if min(self.num_train, self.num_val, self.num_test) < 0:
-      raise ValueError(f"split sizes must be >= 0: {self}")
+      raise ConfigError(f"config keys 'data.num_train' / 'data.num_val' / 'data.num_test': "
+                        f"RS-Synth split sizes must be >= 0, got {self.num_train} / "
+                        f"{self.num_val} / {self.num_test}")
 
   def num_examples(self, split: str) -> int:
     return {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
