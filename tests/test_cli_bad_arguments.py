@@ -31,7 +31,8 @@ def p(tmp_path):
   png_path = tmp_path / "picture.png"
   Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(png_path)
   png = png_path.read_bytes()
-  ns = types.SimpleNamespace(tmp=str(tmp_path), png=str(png_path), missing=str(tmp_path / "missing"))
+  ns = types.SimpleNamespace(tmp=str(tmp_path), png=str(png_path),
+                             missing=str(tmp_path / "missing"))
   ns.text = write("notes.txt", "hello world\n")
   ns.empty = str(tmp_path / "empty")
   (tmp_path / "empty").mkdir()
@@ -87,7 +88,8 @@ ROWS = {
                                        2, ["train.steps", "abc"]),
     "train: --set without =": (lambda p: ["train", *_smoke("--workdir", p.empty, "--set",
                                                            "train.steps")], 2, ["train.steps"]),
-    "train: workdir is a file": (lambda p: ["train", *_smoke("--workdir", p.text)], 2, ["notes.txt"]),
+    "train: workdir is a file": (lambda p: ["train", *_smoke("--workdir", p.text)],
+                                 2, ["notes.txt"]),
     # eval
     "eval: --zero-shot-limit abc (argparse)": (lambda p: ["eval", *_smoke(
         "--workdir", p.empty, "--zero-shot-limit", "abc")], 2, ["--zero-shot-limit", "abc"]),
@@ -194,7 +196,8 @@ ROWS = {
         lambda p: ["data", "convert", "webdataset", p.tar_text, "--out", p.progress_text],
         2, ["progress.json"]),
     # convert
-    "convert: no --out (argparse)": (lambda p: ["convert", "--checkpoint", p.pt_text], 2, ["--out"]),
+    "convert: no --out (argparse)": (lambda p: ["convert", "--checkpoint", p.pt_text],
+                                     2, ["--out"]),
     "convert: checkpoint missing": (lambda p: ["convert", "--checkpoint", p.missing + ".pt",
                                                "--out", p.tmp + "/o"], 2, ["missing.pt"]),
     "convert: folder as checkpoint": (lambda p: ["convert", "--checkpoint", p.empty,

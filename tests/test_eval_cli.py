@@ -166,3 +166,47 @@ def test_query_batch_of_any_size_keeps_the_score_matrix_bounded(monkeypatch):
   expected = np.argsort(-full, axis=1, kind="stable")[:, :5]
   np.testing.assert_array_equal(rows, expected)
   np.testing.assert_allclose(scores, np.take_along_axis(full, expected, 1), rtol=1e-5)
+
+
+def _archive_with_defects(shared_data, folder):
+  """A captions.jsonl archive of 6 RSICD images: one row repeated, one image truncated."""
+  src = shared_data / "rsicd_samples"
+  rows = [json.loads(line) for line in (src / "captions.jsonl").read_text().splitlines()][:6]
+  (folder / "img").mkdir(parents=True)
+  for r in rows:
+    name = os.path.basename(r["image"])
+    (folder / "img" / name).write_bytes((src / r["image"]).read_bytes())
+    r["image"] = f"img/{name}"
+  cut = folder / rows[2]["image"]
+  cut.write_bytes(cut.read_bytes()[:300])
+  rows.insert(4, dict(rows[1], captions=["the same image named again"]))
+  (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return rows, cut
+
+
+def test_index_skip_bad_leaves_out_corrupt_images_and_lists_each_image_once(
+    run_dir, shared_data, tmp_path, capsys):
+  rows, cut = _archive_with_defects(shared_data, tmp_path / "archive")
+  base = ["--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint", run_dir, "--quiet",
+          "--images", tmp_path / "archive", "--chunk-size", 2, "--batch-size", 2]
+  assert rsjax("index", *base, "--out", tmp_path / "stopped") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and str(cut) in err[0] and "--skip-bad" in err[0], err
+  assert rsjax("index", *base, "--out", tmp_path / "skipped", "--skip-bad") == 0
+  out = capsys.readouterr().out
+  assert "CorruptImageError" in out and str(cut) in out and "1 bad image(s) skipped" in out
+  idx = index.load(str(tmp_path / "skipped"))
+  unique = list(dict.fromkeys(str(tmp_path / "archive" / r["image"]) for r in rows))
+  assert idx.paths == [p for p in unique if p != str(cut)]  # 5 images, once each, in order
+
+
+def test_long_query_is_searched_with_a_warning(run_dir, shared_data, tmp_path, capsys):
+  out = tmp_path / "idx"
+  assert rsjax("index", "--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint",
+               run_dir, "--images", shared_data / "rsicd_samples", "--out", out, "--quiet") == 0
+  capsys.readouterr()
+  long_query = " ".join(["many storage tanks near a harbour with ships"] * 12)
+  assert rsjax("search", out, "a lake", long_query, "--k", 2) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "warning" in err[0] and "model.text.context_length" in err[0], err
+  assert "many storage tanks" in err[0]

@@ -139,18 +139,25 @@ def check_splits(splits: dict[str, list[records.Record]], bad: records.BadRecord
                     f"{data.path} (splits present: {sorted(splits)})")
 
 
-def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
-                   vocab_size: int, progress: bool = True) -> RetrievalData:
-  """The set in memory. Every bad record, in the annotations or an image, is found in one pass
-  and listed at once (records.check_bad)."""
+def validated(data: ml_collections.ConfigDict
+              ) -> tuple[dict[str, tuple[np.ndarray, list[records.Record]]], records.BadRecords]:
+  """The one validation of an annotated set: every record checked and every image decoded in one
+  pass, then all bad ones raised together (or, with data.skip_bad_records, listed and left out).
+  -> ({split: (images [N, S, S, C] uint8, its records in file order)}, the bad records)."""
   recs, bad = read_checked(data)
-  train_split = data.get("train_split", "train")
   if not len(bad):
     check_splits(by_split(recs), bad, data)  # before decoding anything
   arrays = {s: decode_records(rs, data, bad) for s, rs in by_split(recs).items()}
   records.check_bad(bad, data.get("skip_bad_records", False), data.path, SKIP_HINT)
   check_splits({s: kept for s, (_, kept) in arrays.items() if kept}, bad, data)
-  arrays = {s: a for s, a in arrays.items() if len(a[1])}
+  return {s: a for s, a in arrays.items() if len(a[1])}, bad
+
+
+def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
+                   vocab_size: int, progress: bool = True) -> RetrievalData:
+  """The set in memory, validated (see `validated`), tokenized, with its eval splits."""
+  arrays, _ = validated(data)
+  train_split = data.get("train_split", "train")
   captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
   train_captions = [c for caps in captions[train_split] for c in caps]
   tokenizer = tokenizer_for(train_captions, workdir, vocab_size, data.get("tokenizer_path", ""))

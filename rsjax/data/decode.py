@@ -69,9 +69,22 @@ def _read_tiff(data: bytes, name: str) -> tuple[np.ndarray, bool]:
   import tifffile
   with tifffile.TiffFile(io.BytesIO(data)) as tif:
     page = tif.pages[0]
+    if int(page.photometric) in _PIL_PHOTOMETRIC and page.bitspersample <= 8:
+      return _pil_tiff(data), False
     array = _channels_last(page.asarray(), name)
     alpha = any(int(e) in (1, 2) for e in (page.extrasamples or ()))  # (un)associated alpha
   return array, alpha
+
+
+# TIFF colour models whose stored samples are not the colours (palette indices, inverted gray,
+# CMYK ink, YCbCr, CIELAB): PIL converts these to RGB. tifffile reads the rest (multi-band,
+# 16-bit, float), where the samples are the measurements.
+_PIL_PHOTOMETRIC = (0, 3, 5, 6, 8)  # MINISWHITE, PALETTE, SEPARATED, YCBCR, CIELAB
+
+
+def _pil_tiff(data: bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image.convert("RGB"))
 
 
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels must be turned to show the scene upright
