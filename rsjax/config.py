@@ -45,7 +45,13 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file not found: {path}")
-  module = config_module(path)
+  if not path.endswith(".py"):
+    raise ConfigError(f"config file {path} is not a Python file (configs/NAME.py[:arg])")
+  try:
+    module = config_module(path)
+  except (SyntaxError, ValueError, UnicodeDecodeError) as e:  # not Python source at all
+    raise ConfigError(f"config file {path} cannot be read as Python ({type(e).__name__}: "
+                      f"{getattr(e, 'msg', e)})") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg)")
   config = module.get_config(arg or None)

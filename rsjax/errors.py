@@ -36,7 +36,8 @@ class ConfigError(InputError):
 
 # OS errors about a path the user named (exit 2); any other OSError (disk full, I/O error) is a
 # runtime failure (exit 1). Both print the OS's message, which names the file.
-_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                PermissionError)
 
 
 def describe(error: BaseException) -> tuple[int, str, bool]:

@@ -19,6 +19,8 @@ def run(args) -> int:
   from rsjax.errors import InputError
   from rsjax.evaluation import encode
 
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    raise InputError(f"--out {args.out} is a file, not an index folder")
   tokenizer = state.tokenizer_path(args.checkpoint, args.tokenizer)
   if args.chunk_size < 1 or args.batch_size < 1:
     raise InputError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and "

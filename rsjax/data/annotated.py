@@ -145,8 +145,6 @@ def validated(data: ml_collections.ConfigDict
   pass, then all bad ones raised together (or, with data.skip_bad_records, listed and left out).
   -> ({split: (images [N, S, S, C] uint8, its records in file order)}, the bad records)."""
   recs, bad = read_checked(data)
-  if not len(bad):
-    check_splits(by_split(recs), bad, data)  # before decoding anything
   arrays = {s: decode_records(rs, data, bad) for s, rs in by_split(recs).items()}
   records.check_bad(bad, data.get("skip_bad_records", False), data.path, SKIP_HINT)
   check_splits({s: kept for s, (_, kept) in arrays.items() if kept}, bad, data)
