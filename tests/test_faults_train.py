@@ -282,7 +282,7 @@ def test_cli_reports_a_failed_write_in_one_line(tmp_path):
   done = subprocess.run(_command(tmp_path, "train.steps=4", fault=("read_only", 4)), env=_env(),
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 1, done.stderr[-3000:]
-  errors = [line for line in done.stderr.splitlines() if line.startswith("rsjax: error:")]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("rsjax train: error:")]
   assert len(errors) == 1 and "could not write the checkpoint of step 4" in errors[0]
   assert "Read-only file system" in errors[0]
   assert "the previous checkpoint (step 2) is intact" in done.stderr
