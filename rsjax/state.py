@@ -102,6 +102,9 @@ def load_model(config, checkpoint: str, mesh, step: int | None = None,
 
 def tokenizer_path(checkpoint: str, given: str | None = None) -> str:
   """The run's SentencePiece model: `given`, else tokenizer.model in the workdir."""
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f"--checkpoint {checkpoint}: no such run folder (the --workdir of "
+                            "an `rsjax train` run, or its checkpoints folder)")
   if given:
     path = given
   else:

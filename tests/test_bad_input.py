@@ -227,3 +227,14 @@ def test_a_bug_says_so_and_shows_its_traceback_only_when_asked(capsys, monkeypat
 def test_unknown_annotation_format_is_a_config_error(tmp_path):
   with pytest.raises(ConfigError, match="data.format"):
     sources.read_source("csv", str(tmp_path))
+
+
+def test_every_bad_record_is_written_to_the_workdir_however_many(tmp_path, capsys):
+  rows = ROWS + [{"image": f"gone{i}.png", "split": "train", "captions": ["x"]}
+                 for i in range(records.LISTED + 5)]
+  _set(tmp_path / "set", rows, images=["a.png", "b.png", "c.png"])
+  annotated.validated(_data(tmp_path / "set", skip_bad_records=True), str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert "... and 5 more" in out and "bad_records.json" in out
+  listed = json.loads((tmp_path / "run" / "bad_records.json").read_text())
+  assert [r["record"].rsplit(":", 1)[1] for r in listed] == [str(i) for i in range(4, 4 + 55)]

@@ -179,6 +179,9 @@ def check_validation(folder: pathlib.Path, expected: Expected) -> None:
 @example(spec={"rows": [], "bom": True})  # an empty file (with only a byte-order mark)
 @example(spec={"rows": [dict(kind="leak", split="test", captions=["a"], format="PNG", mode="RGB",
                              target=0)], "bom": False})  # a leak with nothing before it
+@example(spec={"rows": [dict(kind="pair", split="val", captions=["0"], format="PNG", mode="RGB",
+                             target=0)], "bom": False})  # once failed: the set's only fault is
+# found while decoding, and the missing train split was reported before it
 def test_validation_layer_names_every_bad_record_and_keeps_every_good_one(spec):
   with tempfile.TemporaryDirectory() as tmp:
     folder = pathlib.Path(tmp)

@@ -31,6 +31,7 @@ Config keys (data section):
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 import numpy as np
@@ -139,14 +140,16 @@ def check_splits(splits: dict[str, list[records.Record]], bad: records.BadRecord
                     f"{data.path} (splits present: {sorted(splits)})")
 
 
-def validated(data: ml_collections.ConfigDict
+def validated(data: ml_collections.ConfigDict, workdir: str | None = None
               ) -> tuple[dict[str, tuple[np.ndarray, list[records.Record]]], records.BadRecords]:
   """The one validation of an annotated set: every record checked and every image decoded in one
-  pass, then all bad ones raised together (or, with data.skip_bad_records, listed and left out).
+  pass, then all bad ones raised together (or, with data.skip_bad_records, listed and left out;
+  with a `workdir`, all of them also in WORKDIR/bad_records.json).
   -> ({split: (images [N, S, S, C] uint8, its records in file order)}, the bad records)."""
   recs, bad = read_checked(data)
   arrays = {s: decode_records(rs, data, bad) for s, rs in by_split(recs).items()}
-  records.check_bad(bad, data.get("skip_bad_records", False), data.path, SKIP_HINT)
+  listing = os.path.join(workdir, "bad_records.json") if workdir else None
+  records.check_bad(bad, data.get("skip_bad_records", False), data.path, SKIP_HINT, listing)
   check_splits({s: kept for s, (_, kept) in arrays.items() if kept}, bad, data)
   return {s: a for s, a in arrays.items() if len(a[1])}, bad
 
@@ -154,7 +157,7 @@ def validated(data: ml_collections.ConfigDict
 def load_annotated(data: ml_collections.ConfigDict, workdir: str, context_length: int,
                    vocab_size: int, progress: bool = True) -> RetrievalData:
   """The set in memory, validated (see `validated`), tokenized, with its eval splits."""
-  arrays, _ = validated(data)
+  arrays, _ = validated(data, workdir)
   train_split = data.get("train_split", "train")
   captions = {s: [list(r.captions) for r in kept] for s, (_, kept) in arrays.items()}
   train_captions = [c for caps in captions[train_split] for c in caps]

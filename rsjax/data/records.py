@@ -13,6 +13,7 @@ import dataclasses
 import os
 from typing import Iterable
 
+from rsjax import atomic
 from rsjax.console import log
 from rsjax.errors import InputError
 
@@ -209,14 +210,20 @@ def collect(records: Iterable, require_captions: bool = True, check_files: bool 
   return good, bad
 
 
-def check_bad(bad: BadRecords, skip_bad: bool, source: str, hint: str) -> None:
+def check_bad(bad: BadRecords, skip_bad: bool, source: str, hint: str,
+              listing: str | None = None) -> None:
   """After the whole set was read: raises the error listing every bad record, or (skipping)
-  logs them. `hint`: how to skip them in this command (a config key or a flag)."""
+  logs them. `hint`: how to skip them in this command (a config key or a flag). `listing`: a
+  JSON file to write every one of them to (the log and the error show the first LISTED)."""
   if not len(bad):
     return
+  if listing:
+    os.makedirs(os.path.dirname(listing) or ".", exist_ok=True)
+    atomic.write_json(listing, bad.to_json())
+    hint = f"{hint} (all {len(bad)} are in {listing})" if len(bad) > LISTED else hint
   if not skip_bad:
     raise bad.error(source, hint)
-  log(bad.summary())
+  log(bad.summary() + (f"\n  (all {len(bad)} are listed in {listing})" if listing else ""))
 
 
 def require_records(recs: list, bad: BadRecords, source: str, what: str = "") -> None:
