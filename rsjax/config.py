@@ -54,7 +54,13 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
                       f"{getattr(e, 'msg', e)})") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(arg)")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, TypeError) as e:  # e.g. configs/annotated.py:res=abc
+    raise ConfigError(f"config {spec}: its argument {arg!r} is refused ({type(e).__name__}: "
+                      f"{e})") from e
   config.lock()  # unknown keys now raise instead of silently creating new fields
   for item in overrides:
     apply_override(config, item)

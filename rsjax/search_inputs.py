@@ -15,20 +15,25 @@ from typing import Iterator
 import numpy as np
 
 from rsjax.data import decode, records, sources
+from rsjax.errors import InputError
 
 
 SKIP_HINT = "pass --skip-bad to leave bad records out and list them"
 
 
-def dataset_records(path: str, split: str | None = None,
-                    skip_bad: bool = False) -> list[records.Record]:
+def _reader(path: str):
+  fmt = "captions_jsonl" if os.path.isfile(os.path.join(path, "captions.jsonl")) else "image_folder"
+  return sources.read_source(fmt, path)
+
+
+def dataset_records(path: str, split: str | None = None, skip_bad: bool = False,
+                    hint: str = "fix or remove the lines listed") -> list[records.Record]:
   """Records of a captions.jsonl data set or a class-folder tree, optionally one split only; one
   per image (rows of the same image are merged, records.merge_duplicates). Bad annotation lines
-  are all listed in one error, or with `skip_bad` left out and logged."""
-  fmt = "captions_jsonl" if os.path.isfile(os.path.join(path, "captions.jsonl")) else "image_folder"
-  recs, bad = records.collect(sources.read_source(fmt, path), require_captions=False,
-                              check_files=False)
-  records.check_bad(bad, skip_bad, path, SKIP_HINT)
+  are all listed in one error (`hint`: what to do about them), or with `skip_bad` left out and
+  logged."""
+  recs, bad = records.collect(_reader(path), require_captions=False, check_files=False)
+  records.check_bad(bad, skip_bad, path, hint)
   if split:
     recs = [r for r in recs if r.split == split]
     if not recs:
@@ -45,7 +50,17 @@ def list_images(path: str, skip_bad: bool = False) -> list[str]:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no image folder or data set at {path}")
   if os.path.isfile(os.path.join(path, "captions.jsonl")):
-    return [r.images[0] for r in dataset_records(path, skip_bad=skip_bad)]
+    # Only the image names matter to an archive: lines that cannot be read are bad, but splits,
+    # labels and captions are not checked; an image named by several rows is listed once.
+    bad = records.BadRecords()
+    listed = []
+    for rec in _reader(path):
+      if isinstance(rec, records.BadRecordError):
+        bad.add(str(rec).split(": ")[0], rec)
+      else:
+        listed.append(rec.images[0])
+    records.check_bad(bad, skip_bad, path, SKIP_HINT)
+    return list(dict.fromkeys(listed))
   found = []
   for root, dirs, files in os.walk(path):
     dirs.sort()
@@ -89,7 +104,7 @@ def class_names_for(path: str, labels: list[str]) -> list[str]:
       names = [line.strip() for line in f if line.strip()]
     missing = sorted(set(labels) - set(names))
     if missing:
-      raise ValueError(f"{listed}: labels {missing} of the data set are not listed")
+      raise InputError(f"{listed}: labels {missing} of the data set are not listed; add them")
     return names
   return sorted(set(labels))
 
@@ -99,7 +114,8 @@ def labelled_images(path: str, size: int, split: str | None = None,
   """(images [N, size, size, 3] uint8, labels [N] int32, class names) of a classification set."""
   recs = [r for r in dataset_records(path, split) if r.label is not None]
   if not recs:
-    raise ValueError(f"{path}: no labelled images (need 'label' in captions.jsonl or class folders)")
+    raise InputError(f"{path}: no labelled images (need 'label' in captions.jsonl or class "
+                     "folders)")
   if limit:
     recs = recs[:: max(1, len(recs) // limit)][:limit]  # spread over the classes
   labels = [str(r.label) for r in recs]

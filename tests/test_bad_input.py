@@ -238,3 +238,55 @@ def test_every_bad_record_is_written_to_the_workdir_however_many(tmp_path, capsy
   assert "... and 5 more" in out and "bad_records.json" in out
   listed = json.loads((tmp_path / "run" / "bad_records.json").read_text())
   assert [r["record"].rsplit(":", 1)[1] for r in listed] == [str(i) for i in range(4, 4 + 55)]
+
+
+def test_a_mistyped_train_split_is_a_config_error_even_beside_bad_records(tmp_path):
+  rows = ROWS + [{"image": "gone.png", "split": "test", "captions": ["x"]}]
+  data = _data(_set(tmp_path, rows, images=["a.png", "b.png", "c.png"]), skip_bad_records=True)
+  data.train_split = "trian"
+  with pytest.raises(ConfigError, match="data.train_split"):
+    annotated.validated(data)
+
+
+def test_only_the_train_splits_bad_records_are_blamed_for_an_empty_train_split(tmp_path):
+  rows = [{"image": "gone.png", "split": "train", "captions": ["x"]},
+          {"image": "c.png", "split": "test", "captions": ["a road"]},
+          {"image": "gone2.png", "split": "test", "captions": ["y"]}]
+  _set(tmp_path, rows, images=["c.png"])
+  with pytest.raises(records.NoRecordsError, match=r"split 'train': all 1 were bad"):
+    annotated.validated(_data(tmp_path, skip_bad_records=True))
+
+
+def test_periodic_evaluation_without_a_val_split_is_refused_before_the_model(
+    tmp_path, capsys, monkeypatch):
+  folder = _set(tmp_path / "set", ROWS)
+  monkeypatch.setattr(jax, "jit", _never_compile)
+  code, _, err = _cli(capsys, "train", "--config", f"{ANNOTATED}:path={folder}", "--workdir",
+                      tmp_path / "run", *[x for s in TINY + ["eval.every=1"] for x in ("--set", s)])
+  assert code == 2 and err.count("\n") == 1, err
+  assert "config key 'eval.every'" in err and "'val'" in err and "eval.every=0" in err
+
+
+def test_a_config_argument_that_does_not_parse_is_a_config_error():
+  from rsjax.config import load_config
+  with pytest.raises(ConfigError, match=r"argument 'res=abc'"):
+    load_config(f"{ANNOTATED}:res=abc")
+
+
+def test_malformed_fields_are_bad_records_not_crashes(tmp_path):
+  rows = ROWS + [{"image": "a2.png", "split": "train", "captions": ["x"], "label": {"a": 1}},
+                 {"image": "a3.png", "split": "train", "captions": ["x"], "changed": "yes"},
+                 {"image": 5, "split": "train", "captions": ["x"]},
+                 {"image": "a4.png", "split": "train", "captions": ["x"], "keywords": "ab"}]
+  recs, bad = annotated.read_checked(_data(_set(tmp_path, rows, images=[
+      "a.png", "b.png", "c.png", "a2.png", "a3.png", "a4.png"])))
+  assert [_line for _line in (w.rsplit(":", 1)[1] for w, _, _ in bad.items)] == ["4", "5", "6"]
+  assert recs[-1].key == "a4.png" and recs[-1].keywords == ()  # a bare string is no keyword list
+  karpathy = tmp_path / "dataset.json"
+  karpathy.write_text(json.dumps({"images": [
+      {"filename": "a.png", "split": "train", "sentences": [{"raw": None}]},
+      {"filename": 7, "split": "train", "sentences": [{"raw": "x"}]},
+      {"filename": "b.png", "split": "train", "sentences": [{"tokens": ["a", "lake"]}]}]}))
+  recs, bad = records.collect(sources.read_source("karpathy", str(karpathy)))
+  assert [k for _, k, _ in bad.items] == ["CaptionTypeError", "BadRecordError"]
+  assert [r.captions for r in recs] == [("a lake",)]

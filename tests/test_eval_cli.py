@@ -210,3 +210,23 @@ def test_long_query_is_searched_with_a_warning(run_dir, shared_data, tmp_path, c
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "warning" in err[0] and "model.text.context_length" in err[0], err
   assert "many storage tanks" in err[0]
+
+
+def test_index_of_an_archive_checks_only_its_image_names(run_dir, shared_data, tmp_path, capsys):
+  rows, cut = _archive_with_defects(shared_data, tmp_path / "archive")
+  rows = [dict(r, split="validation", captions=[3]) for r in rows if r["image"] != rows[2]["image"]]
+  (tmp_path / "archive" / "captions.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+  base = ["--config", "configs/smoke.py", *cli_sets(*SETS), "--checkpoint", run_dir, "--quiet",
+          "--images", tmp_path / "archive"]
+  assert rsjax("index", *base, "--out", tmp_path / "a") == 2  # the broken line, named
+  assert "captions.jsonl:7: not valid JSON" in capsys.readouterr().err
+  assert rsjax("index", *base, "--out", tmp_path / "a", "--skip-bad") == 0
+  assert len(index.load(str(tmp_path / "a"))) == 5  # splits and captions are not an index's
+  for r in rows:
+    (tmp_path / "archive" / r["image"]).write_bytes(b"broken")
+  capsys.readouterr()
+  assert rsjax("index", *base, "--out", tmp_path / "b", "--skip-bad") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "no images to index: all 5 were bad (CorruptImageError 5; listed above)" in err[-1]
+  assert not (tmp_path / "b" / "index.json").exists()  # no empty index is left behind

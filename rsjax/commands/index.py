@@ -72,6 +72,8 @@ def run(args) -> int:
           codes.append(encode.encode_in_batches(hash_img, params, images, args.batch_size,
                                                 mesh).astype(np.uint8))
       finished = lo + len(chunk_paths) == len(paths)
+      if not kept and not os.path.exists(os.path.join(args.out, "index.json")):
+        continue  # no index is started with an empty chunk
       meta = index.write_chunk(
           args.out, identity, kept, np.concatenate(dense),
           np.concatenate(codes) if codes else None, args.dtype,
@@ -81,7 +83,9 @@ def run(args) -> int:
   if bad is not None and len(bad):
     log(bad.summary())
   if meta is None:
-    raise InputError(f"no images to add in {args.images}")
+    raise records.NoRecordsError(f"{args.images}: no images to index: all {len(paths)} were bad "
+                                 f"({', '.join(f'{k} {n}' for k, n in bad.counts().items())}; "
+                                 "listed above)" if bad else f"no images to add in {args.images}")
   total = sum(c["rows"] for c in meta["chunks"])
   print(f"index {args.out}: {added} images added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "

@@ -113,7 +113,7 @@ def decode_records(recs: list[records.Record], data: ml_collections.ConfigDict,
       images.append(decode.decode_resized(decode.read_bytes(r.images[0]), size, r.images[0],
                                           bands, max_value))
     except records.BadRecordError as e:
-      bad.add(r.where, type(e)(f"{r.where} [{r.key}]: {e}"))
+      bad.add(r.where, type(e)(f"{r.where} [{r.key}]: {e}"), split=r.split)
       continue
     kept.append(r)
   if not images:
@@ -134,8 +134,11 @@ def check_splits(splits: dict[str, list[records.Record]], bad: records.BadRecord
   train_split = data.get("train_split", "train")
   if splits.get(train_split):
     return
-  if len(bad) or not splits:
-    records.require_records([], bad, data.path, f"split {train_split!r}" if splits else "")
+  if not splits and not len(bad):
+    records.require_records([], bad, data.path)
+  if len(bad.in_split(train_split)) or (not splits and len(bad)):
+    scope = bad.in_split(train_split) if len(bad.in_split(train_split)) else bad
+    records.require_records([], scope, data.path, f"split {train_split!r}")
   raise ConfigError(f"config key 'data.train_split': no records in split {train_split!r} of "
                     f"{data.path} (splits present: {sorted(splits)})")
 

@@ -69,7 +69,9 @@ def _read_tiff(data: bytes, name: str) -> tuple[np.ndarray, bool]:
   import tifffile
   with tifffile.TiffFile(io.BytesIO(data)) as tif:
     page = tif.pages[0]
-    if int(page.photometric) in _PIL_PHOTOMETRIC and page.bitspersample <= 8:
+    photometric = int(page.photometric)
+    if (photometric in _PIL_PHOTOMETRIC and page.bitspersample <= 8
+        and (photometric != 5 or page.samplesperpixel == 4)):  # SEPARATED: CMYK inks only
       return _pil_tiff(data), False
     array = _channels_last(page.asarray(), name)
     alpha = any(int(e) in (1, 2) for e in (page.extrasamples or ()))  # (un)associated alpha

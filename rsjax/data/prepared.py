@@ -30,7 +30,7 @@ from rsjax.data import decode, stream, tfds_builders, tokenizer_files, webscale
 from rsjax.data.tokenize import eval_split, tokenizer_for
 from rsjax.data.types import StreamingRetrievalData
 from rsjax.console import log
-from rsjax.errors import ConfigError
+from rsjax.errors import ConfigError, InputError
 
 
 def prepared_dir(data: ml_collections.ConfigDict) -> str:
@@ -52,7 +52,7 @@ def dataset_normalization(data: ml_collections.ConfigDict) -> tuple[tuple, tuple
   with open(path) as f:
     norm = json.load(f).get("normalization")
   if not norm:
-    raise ValueError(f"{path} has no 'normalization' entry; prepare the set again")
+    raise InputError(f"{path} has no 'normalization' entry; prepare the set again")
   return tuple(norm["mean"]), tuple(norm["std"])
 
 
@@ -60,7 +60,8 @@ def _texts(values) -> list[str]:
   return [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
 
 
-def _eval_arrays(source, spec: stream.StreamSpec) -> tuple[np.ndarray, list[list[str]]]:
+def _eval_arrays(source, spec: stream.StreamSpec,
+                 name: str = "eval") -> tuple[np.ndarray, list[list[str]]]:
   images, captions = [], []
   for i in range(len(source)):
     r = source[i]
@@ -73,6 +74,9 @@ def _eval_arrays(source, spec: stream.StreamSpec) -> tuple[np.ndarray, list[list
     images.append(decode.decode_resized(r["image"], spec.image_size, _texts([r["key"]])[0],
                                         spec.bands, spec.max_value))
     captions.append(caps)
+  if not images:
+    raise InputError(f"split {name!r}: no record has captions, so it has no retrieval queries "
+                     "(a label-only set needs data.label_prompt)")
   return np.stack(images), captions
 
 
@@ -89,7 +93,7 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
     model_path = tokenizer_files.beside(path)
   train_source = builder.as_data_source(train_split)
   if len(train_source) and train_source[0]["image_b"]:
-    raise ValueError(f"{path} holds image pairs (change captioning); the image-text trainer "
+    raise InputError(f"{path} holds image pairs (change captioning); the image-text trainer "
                      "takes single images")
   if model_path:
     tokenizer = tokenizer_for([], workdir, vocab_size, model_path)
@@ -100,7 +104,7 @@ def load_prepared(data: ml_collections.ConfigDict, workdir: str, context_length:
   eval_splits = {}
   for split in builder.info.splits:
     if split != train_split:
-      images, caps = _eval_arrays(builder.as_data_source(split), spec)
+      images, caps = _eval_arrays(builder.as_data_source(split), spec, split)
       eval_splits[split] = eval_split(tokenizer, images, caps, context_length)
   log(f"data {path}: train {len(train_source)} records (streamed), " +
       ", ".join(f"{s} {len(e.images)} images" for s, e in eval_splits.items()))
@@ -130,7 +134,7 @@ def load_webscale(data: ml_collections.ConfigDict, workdir: str, context_length:
     builder = tfds_builders.load_prepared(prepared_dir(held_out))
     for split in builder.info.splits:
       if split != "train":
-        images, caps = _eval_arrays(builder.as_data_source(split), spec)
+        images, caps = _eval_arrays(builder.as_data_source(split), spec, split)
         eval_splits[split] = eval_split(tokenizer, images, caps, context_length)
   log(f"data {data.converted_dir}: {len(source)} records (streamed); evaluation: "
       + (", ".join(f"{data.eval_builder} {s} {len(e.images)} images"

@@ -100,10 +100,21 @@ class BadRecords:
   """Every bad record of a data set, found in one pass: (where, error class, message) each."""
   items: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
   _classes: list[type] = dataclasses.field(default_factory=list, repr=False)
+  _splits: list[str | None] = dataclasses.field(default_factory=list, repr=False)
 
-  def add(self, record_where: str, error: BadRecordError) -> None:
+  def add(self, record_where: str, error: BadRecordError, split: str | None = None) -> None:
+    """`split`: the split the record was in, where it could be read (None for broken lines)."""
     self.items.append((record_where, type(error).__name__, str(error)))
     self._classes.append(type(error))
+    self._splits.append(split)
+
+  def in_split(self, split: str) -> "BadRecords":
+    """The bad records that were in `split`."""
+    out = BadRecords()
+    for item, cls, s in zip(self.items, self._classes, self._splits):
+      if s == split:
+        out.items.append(item), out._classes.append(cls), out._splits.append(s)
+    return out
 
   def __len__(self) -> int:
     return len(self.items)
@@ -170,12 +181,12 @@ def merge_duplicates(recs: list[Record], bad: BadRecords) -> tuple[list[Record],
       field = ("split" if r.split != kept.split else "label" if r.label != kept.label
                else "change flag")
       theirs, ours = [getattr(x, {"change flag": "changed"}.get(field, field)) for x in (kept, r)]
-      bad.add(r.where, DuplicateImageError(
+      bad.add(r.where, split=r.split, error=DuplicateImageError(
           f"{r.where} [{r.key}]: the image of {kept.where} again, with {field} {ours!r} "
           f"instead of {theirs!r}; an image is listed once (rows of the same image, split and "
           "label are merged)"))
       continue
-    new = tuple(c for c in r.captions if c not in kept.captions)
+    new = tuple(dict.fromkeys(c for c in r.captions if c not in kept.captions))
     keywords = kept.keywords + tuple(k for k in r.keywords if k not in kept.keywords)
     out[i] = dataclasses.replace(kept, captions=kept.captions + new, keywords=keywords)
     notes.append(f"{r.where}: the image of {kept.where}; {len(new)} caption(s) merged into it")
@@ -197,8 +208,10 @@ def collect(records: Iterable, require_captions: bool = True, check_files: bool 
         raise record
       record = check_record(record, require_captions, check_files)
     except BadRecordError as e:
-      bad.add(str(e).split(": ")[0] if isinstance(record, BadRecordError)
-              else record.where or record.key, e)
+      if isinstance(record, BadRecordError):
+        bad.add(str(e).split(": ")[0], e)
+      else:
+        bad.add(record.where or record.key, e, split=record.split)
       continue
     good.append(record)
   if merge:

@@ -67,16 +67,22 @@ def read_captions_jsonl(path: str, image_root: str | None = None,
         yield BadRecordError(f"{where}: the image path {images if len(images) > 1 else images[0]!r}"
                              " is not a file name")
         continue
+      label, changed = row.get("label"), row.get("changed")
+      if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+        yield BadRecordError(f"{where}: 'label' is {label!r}; a class name is text")
+        continue
+      if changed not in (None, True, False, 0, 1):
+        yield BadRecordError(f"{where}: 'changed' is {changed!r}; expected true or false")
+        continue
       split = row.get("split", "train")
       captions = row.get(caption_field, [])
       if not isinstance(captions, list):
         captions = [captions]  # a bare caption is checked (and rejected if not text) later
-      keywords = row.get("keywords", ())
       yield Record(key=images[0], split=split if isinstance(split, str) else repr(split),
                    images=tuple(_join(root, p) for p in images), captions=tuple(captions),
-                   label=row.get("label"), changed=row.get("changed"),
-                   keywords=tuple(keywords) if isinstance(keywords, list) else (),
-                   where=where)
+                   label=None if label is None else str(label),
+                   changed=None if changed is None else bool(changed),
+                   keywords=_text_list(row.get("keywords", [])), where=where)
 
 
 def _load_json(path: str) -> object:
@@ -93,11 +99,34 @@ def _load_json(path: str) -> object:
 
 
 def _sentences(entry: dict) -> list:
-  """Karpathy 'sentences' -> raw caption texts (a non-dict sentence is passed on to be rejected)."""
+  """Karpathy 'sentences' -> raw caption texts; anything that is not text (a number, null, a
+  non-dict sentence) is passed on, for check_record to reject with its position."""
+  sentences = entry.get("sentences", [])
   out = []
-  for s in entry.get("sentences", []):
-    out.append(s.get("raw", " ".join(s.get("tokens", []))).strip() if isinstance(s, dict) else s)
+  for s in sentences if isinstance(sentences, list) else [sentences]:
+    if not isinstance(s, dict):
+      out.append(s)
+    elif isinstance(s.get("raw"), str):
+      out.append(s["raw"].strip())
+    elif "raw" not in s and isinstance(s.get("tokens"), list) and all(
+        isinstance(t, str) for t in s["tokens"]):
+      out.append(" ".join(s["tokens"]))
+    else:
+      out.append(s.get("raw", s.get("tokens")))
   return out
+
+
+def _text_list(value) -> tuple[str, ...]:
+  """A list of strings as a tuple; anything else (a bare string, a number) as ()."""
+  return tuple(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else ()
+
+
+def _bad_fields(entry: dict, where: str, names: tuple[str, ...]) -> BadRecordError | None:
+  """A BadRecordError when one of the `names` fields is present but not a non-empty string."""
+  for name in names:
+    if name in entry and not (isinstance(entry[name], str) and entry[name].strip()):
+      return BadRecordError(f"{where}: field {name!r} is {entry[name]!r}, not a file name")
+  return None
 
 
 def read_karpathy(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
@@ -111,12 +140,16 @@ def read_karpathy(path: str, image_root: str | None = None) -> Iterator[Record |
     if not isinstance(entry, dict) or "filename" not in entry:
       yield BadRecordError(f"{where}: entry has no 'filename'")
       continue
+    if (error := _bad_fields(entry, where, ("filename", "filepath"))) is not None:
+      yield error
+      continue
     relative = os.path.join(entry.get("filepath", ""), entry["filename"])
     split = entry.get("split", "train")
     split = "train" if split == "restval" else split
-    yield Record(key=relative, split=split, images=(_join(root, relative),),
-                 captions=tuple(_sentences(entry)), label=entry.get("label"),
-                 keywords=tuple(entry.get("keywords", ())), where=where)
+    yield Record(key=relative, split=split if isinstance(split, str) else repr(split),
+                 images=(_join(root, relative),), captions=tuple(_sentences(entry)),
+                 label=entry.get("label"), keywords=_text_list(entry.get("keywords", [])),
+                 where=where)
 
 
 def read_rsitmd(path: str, image_root: str | None = None) -> Iterator[Record | BadRecordError]:
@@ -134,10 +167,17 @@ def read_nwpu(path: str, image_root: str | None = None) -> Iterator[Record | Bad
     yield BadRecordError(f"{path}: expected an object of classes, got {type(data).__name__}")
     return
   for label, entries in data.items():
+    if not isinstance(entries, list):
+      yield BadRecordError(f"{path}:{label}: expected a list of images, got "
+                           f"{type(entries).__name__}")
+      continue
     for i, entry in enumerate(entries):
       where = f"{path}:{label}[{i}]"
       if not isinstance(entry, dict) or "filename" not in entry:
         yield BadRecordError(f"{where}: entry has no 'filename'")
+        continue
+      if (error := _bad_fields(entry, where, ("filename",))) is not None:
+        yield error
         continue
       fields = ["raw"] + [f"raw_{k}" for k in range(1, 10)]
       captions = tuple(entry[k] for k in fields if k in entry)
@@ -154,6 +194,9 @@ def read_levir_cc(path: str, image_root: str | None = None) -> Iterator[Record |
     where = f"{path}:images[{i}]"
     if not isinstance(entry, dict) or "filename" not in entry:
       yield BadRecordError(f"{where}: entry has no 'filename'")
+      continue
+    if (error := _bad_fields(entry, where, ("filename", "filepath", "split"))) is not None:
+      yield error
       continue
     folder = entry.get("filepath", entry.get("split", "train"))
     pair = tuple(_join(root, os.path.join("images", folder, side, entry["filename"]))
@@ -175,10 +218,13 @@ def read_levir_mci(path: str, image_root: str | None = None) -> Iterator[Record 
   packed = os.path.join(folder, "tokens.tar.gz")
   tokens: dict[str, bytes] = {}
   if not os.path.isdir(os.path.join(folder, "tokens")) and os.path.isfile(packed):
-    with tarfile.open(packed) as tar:
-      for member in tar:
-        if member.isfile():
-          tokens[os.path.basename(member.name)] = tar.extractfile(member).read()
+    try:
+      with tarfile.open(packed) as tar:
+        for member in tar:
+          if member.isfile():
+            tokens[os.path.basename(member.name)] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+      raise BadRecordError(f"{packed}: not a readable tar.gz ({type(e).__name__}: {e})") from None
   for split in ("train", "val", "test"):
     listing = os.path.join(folder, f"{split}.txt")
     if not os.path.isfile(listing):
@@ -195,11 +241,12 @@ def read_levir_mci(path: str, image_root: str | None = None) -> Iterator[Record 
           with open(os.path.join(folder, "tokens", stem), "rb") as t:
             raw = t.read()
         sentences = json.loads(raw)
-      except (OSError, json.JSONDecodeError) as e:
+      except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
         yield BadRecordError(f"{where}: no readable token file {stem} ({type(e).__name__})")
         continue
       captions = [" ".join(w for w in sent if w not in ("<START>", "<END>"))
-                  if isinstance(sent, list) else sent for sent in sentences]
+                  if isinstance(sent, list) and all(isinstance(w, str) for w in sent) else sent
+                  for sent in (sentences if isinstance(sentences, list) else [sentences])]
       pair = tuple(_join(root, os.path.join("images", split, side, name)) for side in ("A", "B"))
       yield Record(key=f"{split}/{name}", split=split, images=pair, captions=tuple(captions),
                    where=where)

@@ -47,9 +47,13 @@ def decode_record(data: bytes) -> dict:
           "label": ""}
 
 
-def _captions_of(value, where: str) -> list:
+def _captions_of(value, where: str) -> list | records.BadRecordError:
   if isinstance(value, (bytes, bytearray)):
-    value = value.decode("utf-8")
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError as e:  # refused (or skipped) by the record check, named
+      return records.CaptionTypeError(f"{where}: caption is not UTF-8 text ({e.reason} at byte "
+                                      f"{e.start})")
   if isinstance(value, str):
     return [value]
   if isinstance(value, dict):

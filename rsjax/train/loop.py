@@ -35,10 +35,15 @@ def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[Retriev
   if data.tokenizer.vocab_size > config.model.text.vocab_size:
     raise ConfigError(f"config key 'model.text.vocab_size' is {config.model.text.vocab_size} but "
                       f"the tokenizer has {data.tokenizer.vocab_size} pieces")
-  if config.eval.split not in data.eval_splits:  # refused before the model is built
-    raise ConfigError(f"config key 'eval.split': the data set has no {config.eval.split!r} split "
-                      f"to evaluate on (it has {', '.join(sorted(data.eval_splits)) or 'none'} "
-                      "besides the train split); add one, or --set eval.split=NAME")
+  # Refused before the model is built, not at the first evaluation.
+  needed = {"eval.split": config.eval.split} | ({"eval.every": "val"} if config.eval.every else {})
+  for key, split in needed.items():
+    if split not in data.eval_splits:
+      use = ("add one, or --set eval.split=NAME" if key == "eval.split" else
+             "the periodic evaluation reads 'val': add one, or --set eval.every=0")
+      raise ConfigError(f"config key '{key}': the data set has no {split!r} split to evaluate on "
+                        f"(it has {', '.join(sorted(data.eval_splits)) or 'none'} besides the "
+                        f"train split); {use}")
   label_source = label_key(config)
   if label_source and data.train_labels is None:
     raise ConfigError(f"config key '{label_source}' is 'label' but the train split has no class "
