@@ -56,7 +56,7 @@ def list_images(path: str, skip_bad: bool = False) -> list[str]:
     listed = []
     for rec in _reader(path):
       if isinstance(rec, records.BadRecordError):
-        bad.add(str(rec).split(": ")[0], rec)
+        bad.add_unparsed(rec)
       else:
         listed.append(rec.images[0])
     records.check_bad(bad, skip_bad, path, SKIP_HINT)

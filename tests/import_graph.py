@@ -26,17 +26,21 @@ def _parse(path: pathlib.Path) -> ast.Module:
   orbax coroutines of earlier tests were finalized during parsing): the garbage collector is
   paused while parsing, and that one error is retried once."""
   source = path.read_text()
-  for attempt in (0, 1):
-    gc.collect()
-    gc.disable()
-    try:
-      return ast.parse(source, str(path))
-    except SystemError as e:
-      if attempt or "recursion depth mismatch" not in str(e):
-        raise
-    finally:
-      gc.enable()
-  raise AssertionError("unreachable")
+  try:
+    return _parse_without_gc(source, path)
+  except SystemError as e:
+    if "recursion depth mismatch" not in str(e):
+      raise
+    return _parse_without_gc(source, path)
+
+
+def _parse_without_gc(source: str, path: pathlib.Path) -> ast.Module:
+  gc.collect()
+  gc.disable()
+  try:
+    return ast.parse(source, str(path))
+  finally:
+    gc.enable()
 
 
 def import_graph(root: pathlib.Path) -> dict[str, set[str]]:

@@ -84,8 +84,8 @@ def run(args) -> int:
     log(bad.summary())
   if meta is None:
     raise records.NoRecordsError(f"{args.images}: no images to index: all {len(paths)} were bad "
-                                 f"({', '.join(f'{k} {n}' for k, n in bad.counts().items())}; "
-                                 "listed above)" if bad else f"no images to add in {args.images}")
+                                 f"({bad.kinds()}; listed above)" if bad else
+                                 f"no images to add in {args.images}")
   total = sum(c["rows"] for c in meta["chunks"])
   print(f"index {args.out}: {added} images added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "

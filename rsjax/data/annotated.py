@@ -136,9 +136,10 @@ def check_splits(splits: dict[str, list[records.Record]], bad: records.BadRecord
     return
   if not splits and not len(bad):
     records.require_records([], bad, data.path)
-  if len(bad.in_split(train_split)) or (not splits and len(bad)):
-    scope = bad.in_split(train_split) if len(bad.in_split(train_split)) else bad
-    records.require_records([], scope, data.path, f"split {train_split!r}")
+  in_train = bad.in_split(train_split)
+  if len(in_train) or (not splits and len(bad)):
+    records.require_records([], in_train if len(in_train) else bad, data.path,
+                            f"split {train_split!r}")
   raise ConfigError(f"config key 'data.train_split': no records in split {train_split!r} of "
                     f"{data.path} (splits present: {sorted(splits)})")
 

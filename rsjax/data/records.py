@@ -119,6 +119,10 @@ class BadRecords:
   def __len__(self) -> int:
     return len(self.items)
 
+  def add_unparsed(self, error: BadRecordError) -> None:
+    """A line a reader could not parse: its message starts with where it is ("file:line: ...")."""
+    self.add(str(error).split(": ")[0], error)
+
   def counts(self) -> dict[str, int]:
     """{error class name: count}, in the order the kinds first occur."""
     out: dict[str, int] = {}
@@ -126,18 +130,19 @@ class BadRecords:
       out[kind] = out.get(kind, 0) + 1
     return out
 
+  def kinds(self) -> str:
+    """The counts as text: 'MissingImageError 7, CaptionTypeError 1'."""
+    return ", ".join(f"{k} {n}" for k, n in self.counts().items())
+
   def _listing(self) -> list[str]:
     """One line per record, in file order (decode failures are found after the checks)."""
     ordered = sorted(self.items, key=lambda item: _file_order(item[0]))
-    lines = [f"  {kind}: {message}" for _, kind, message in ordered[:LISTED]]
-    if len(self.items) > LISTED:
-      lines.append(f"  ... and {len(self.items) - LISTED} more")
-    return lines
+    return capped([f"  {kind}: {message}" for _, kind, message in ordered])
 
   def summary(self) -> str:
     """The log lines of a run that skipped these records."""
-    kinds = ", ".join(f"{k} {n}" for k, n in self.counts().items())
-    return "\n".join([f"skipped {len(self.items)} bad record(s) ({kinds}):"] + self._listing())
+    return "\n".join([f"skipped {len(self.items)} bad record(s) ({self.kinds()}):"]
+                     + self._listing())
 
   def error(self, source: str, hint: str) -> BadRecordError:
     """The error that stops a run on these records: one line for one record; for several, their
@@ -146,12 +151,17 @@ class BadRecords:
     cls = classes.pop() if len(classes) == 1 else BadRecordError
     if len(self.items) == 1:
       return cls(f"{self.items[0][2]}; {hint}")
-    kinds = ", ".join(f"{k} {n}" for k, n in self.counts().items())
-    return cls("\n".join([f"{source}: {len(self.items)} bad records ({kinds}); {hint}:"]
+    return cls("\n".join([f"{source}: {len(self.items)} bad records ({self.kinds()}); {hint}:"]
                          + self._listing()))
 
   def to_json(self) -> list[dict]:
     return [{"record": w, "error": k, "message": m} for w, k, m in self.items]
+
+
+def capped(lines: list[str]) -> list[str]:
+  """The first LISTED lines, and a last one saying how many more there are."""
+  more = len(lines) - LISTED
+  return lines[:LISTED] + ([f"  ... and {more} more"] if more > 0 else [])
 
 
 def _file_order(where: str) -> tuple[str, int, str]:
@@ -194,12 +204,12 @@ def merge_duplicates(recs: list[Record], bad: BadRecords) -> tuple[list[Record],
 
 
 def collect(records: Iterable, require_captions: bool = True, check_files: bool = True,
-            bad: BadRecords | None = None, merge: bool = True) -> tuple[list[Record], BadRecords]:
+            bad: BadRecords | None = None) -> tuple[list[Record], BadRecords]:
   """Checks every record in one pass -> (good records in file order, every bad one).
 
   Nothing is raised here: the caller decodes what it needs (adding decode failures to `bad`), then
-  calls `check_bad` once, so that one run lists every fault. With `merge`, rows of the same image
-  are merged (merge_duplicates)."""
+  calls `check_bad` once, so that one run lists every fault. Rows of the same image are merged
+  (merge_duplicates)."""
   bad = BadRecords() if bad is None else bad
   good = []
   for record in records:
@@ -209,17 +219,15 @@ def collect(records: Iterable, require_captions: bool = True, check_files: bool 
       record = check_record(record, require_captions, check_files)
     except BadRecordError as e:
       if isinstance(record, BadRecordError):
-        bad.add(str(e).split(": ")[0], e)
+        bad.add_unparsed(e)
       else:
         bad.add(record.where or record.key, e, split=record.split)
       continue
     good.append(record)
-  if merge:
-    good, notes = merge_duplicates(good, bad)
-    if notes:
-      log(f"merged {len(notes)} row(s) naming an image already listed:\n  "
-          + "\n  ".join(notes[:LISTED]) + ("" if len(notes) <= LISTED else
-                                              f"\n  ... and {len(notes) - LISTED} more"))
+  good, notes = merge_duplicates(good, bad)
+  if notes:
+    log("\n".join([f"merged {len(notes)} row(s) naming an image already listed:"]
+                  + capped([f"  {n}" for n in notes])))
   return good, bad
 
 
@@ -245,7 +253,6 @@ def require_records(recs: list, bad: BadRecords, source: str, what: str = "") ->
     return
   scope = f" in {what}" if what else ""
   if len(bad):
-    kinds = ", ".join(f"{k} {n}" for k, n in bad.counts().items())
     raise NoRecordsError(f"{source}: no usable records{scope}: all {len(bad)} were bad "
-                         f"({kinds}; listed above)")
+                         f"({bad.kinds()}; listed above)")
   raise NoRecordsError(f"{source}: no records{scope}")

@@ -228,11 +228,9 @@ def convert(kind: str, sources: Sequence[str], out_dir: str, image_dir: str = ""
   write_json(state_path, state, indent=1)
   if state["bad_records"]:
     from rsjax.console import log
-    skipped = state["bad_records"]
-    more = len(skipped) - records.LISTED  # a web corpus can have millions: all in progress.json
-    log(f"skipped {len(skipped)} bad record(s):\n" + "\n".join(
-        f"  {b['error']}: {b['message']}" for b in skipped[:records.LISTED])
-        + (f"\n  ... and {more} more (all listed in {state_path})" if more > 0 else ""))
+    skipped = state["bad_records"]  # a web corpus can have millions: all are in progress.json
+    log("\n".join([f"skipped {len(skipped)} bad record(s) (all listed in {state_path}):"]
+                  + records.capped([f"  {b['error']}: {b['message']}" for b in skipped])))
   return out_dir
 
 
