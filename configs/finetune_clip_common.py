@@ -16,12 +16,16 @@ Arguments after the colon (comma-separated):
   init=DIR     a folder written by `rsjax convert`: its architecture, image size and weights
   arch=NAME    a registry CLIP (e.g. ViT-L-14) when giving the weights by --set init.checkpoint=DIR
   path=FILE    the annotation file or folder (default per data set), format=NAME its format
+  peft=NAME    full (default) | lock_image | lock_text | lora | adapter: what trains
+               (rsjax/trainable.py: apply_preset), with rank=R for LoRA and dim=D for adapters;
+               the peak learning rate becomes 1e-4 for lora / adapter unless lr=X is given
   runlocal     a few steps at batch 8 for checking the path works
 """
 
 import ml_collections
 
 from rsjax.config import config_module, parse_arg
+from rsjax.trainable import apply_preset
 
 
 
@@ -88,6 +92,10 @@ def finetune_config(arg, dataset: dict) -> ml_collections.ConfigDict:
       checkpoint_every=max(dataset["steps"] // 5, 1),
   )
   c.eval.update(split=dataset.get("eval_split", "test"), batch_size=128, at_step0=True, every=0)
+  peft = args.get("peft", "full")
+  apply_preset(c, peft, rank=int(args.get("rank", 8)), adapter_dim=int(args.get("dim", 16)))
+  # The few new parameters of LoRA / adapters take larger steps than a full fine-tuning's.
+  c.train.learning_rate = float(args.get("lr", 1e-4 if peft in ("lora", "adapter") else 1e-5))
   if "runlocal" in args:
     c.train.update(steps=5, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=5)
     c.eval.update(batch_size=16, at_step0=False)

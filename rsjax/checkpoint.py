@@ -84,6 +84,9 @@ class Checkpointer:
             "state": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
+            # Runs with frozen parameters (train.frozen): what they were read from and their
+            # digest, since the state holds only the trained ones (rsjax/runs.py).
+            "base": ocp.JsonCheckpointHandler(),
         })
 
   def latest_step(self) -> int | None:
@@ -92,14 +95,18 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict) -> None:
-    """Writes step `step`; on failure raises CheckpointWriteError naming the step kept."""
+  def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict,
+           base: dict | None = None) -> None:
+    """Writes step `step`; on failure raises CheckpointWriteError naming the step kept.
+    `base`: the frozen parameters' reference (a JSON-able dict), for runs that freeze some."""
     previous = self.latest_step()
+    items = dict(state=ocp.args.StandardSave(state),
+                 data=grain.checkpoint.CheckpointSave(data_iterator),
+                 config=ocp.args.JsonSave(config.to_dict()))
+    if base is not None:
+      items["base"] = ocp.args.JsonSave(base)
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator),
-          config=ocp.args.JsonSave(config.to_dict())), force=True)
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
       self.manager.wait_until_finished()
     except Exception as e:  # OSError, or the tensorstore/orbax error that wraps one
       kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
@@ -108,6 +115,28 @@ class Checkpointer:
           f"could not write the checkpoint of step {step} to {self.directory}: "
           f"{type(e).__name__}: {e}\n{kept}; fix the cause (disk space, permissions) and rerun the "
           "same command to resume") from e
+
+  def _json_item(self, step: int, name: str) -> dict | None:
+    """A JSON item of checkpoint `step`, or None when the checkpoint has none of that name."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), name)):
+      return None
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          **{name: ocp.args.JsonRestore()}))[name]
+    except Exception as e:
+      raise CheckpointReadError(f"checkpoint step {step} in {self.directory}: its {name} record "
+                                f"is unreadable: {type(e).__name__}: {e}") from e
+
+  def saved_config(self, step: int) -> dict:
+    """The run config checkpoint `step` was written with (as a plain dict)."""
+    config = self._json_item(step, "config")
+    if config is None:
+      raise CheckpointReadError(f"checkpoint step {step} in {self.directory} has no config record")
+    return config
+
+  def saved_base(self, step: int) -> dict | None:
+    """The frozen-parameter reference checkpoint `step` was written with, or None."""
+    return self._json_item(step, "base")
 
   def check_compatible(self, step: int, abstract_state,
                        config: ml_collections.ConfigDict | None = None) -> None:

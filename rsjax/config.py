@@ -61,11 +61,45 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
   except (ValueError, KeyError, TypeError) as e:  # e.g. configs/annotated.py:res=abc
     raise ConfigError(f"config {spec}: its argument {arg!r} is refused ({type(e).__name__}: "
                       f"{e})") from e
+  add_shared_keys(config)
   config.lock()  # unknown keys now raise instead of silently creating new fields
   for item in overrides:
     apply_override(config, item)
   validate(config)
   return config
+
+
+# Keys every run accepts, whatever its config file sets: added where the file has none.
+SHARED_KEYS = {
+    # The weights a run starts from: a `rsjax convert` folder or an rsjax run's workdir; "" = a
+    # fresh initialisation from train.seed (docs/training.md#transfer).
+    "init": {"checkpoint": ""},
+    # Parameters kept fixed (rsjax/trainable.py): globs of parameter paths, or the shorthands
+    # image_tower, text_tower and base (all but LoRA / adapter parameters and the temperature).
+    "train": {"frozen": ()},
+    # Distillation: a teacher (run workdir or converted folder) whose image-text softmax the
+    # student matches, with this weight beside the contrastive loss.
+    "distill": {"teacher": "", "weight": 1.0},
+}
+
+
+def add_shared_keys(config: ml_collections.ConfigDict) -> None:
+  """Fills in SHARED_KEYS and the model section's keys from the model defaults (a config built
+  from an older converted folder's model lacks the newer ones), leaving values a file sets."""
+  from rsjax.models.registry import default_model_config  # the defaults live beside the model
+
+  def fill(node: ml_collections.ConfigDict, defaults: dict) -> None:
+    for key, value in defaults.items():
+      if key not in node:
+        node[key] = value
+      elif isinstance(value, dict) and isinstance(node[key], ml_collections.ConfigDict):
+        fill(node[key], value)
+
+  with config.unlocked():
+    fill(config, SHARED_KEYS)
+    if "model" in config:
+      fill(config.model, {k: v for k, v in default_model_config().to_dict().items()
+                          if k in ("lora", "adapter")})
 
 
 def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -145,6 +179,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)")
   _require(t.get("nonfinite", "stop") in ("stop", "skip"),
            f"train.nonfinite must be 'stop' or 'skip', got {t.get('nonfinite')!r}")
+  frozen = t.get("frozen", ())
+  _require(isinstance(frozen, (tuple, list)) and all(isinstance(p, str) and p for p in frozen),
+           f"train.frozen must be a tuple of parameter-path patterns, got {frozen!r}")
+  if "distill" in config:
+    _require(config.distill.weight >= 0, f"distill.weight must be >= 0, got {config.distill.weight}")
   m = config.model
   for tower in ("image", "text"):
     tc = m[tower]

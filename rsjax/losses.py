@@ -9,7 +9,8 @@ Sections:
   1. contrastive losses on one device (CLIP softmax, SigLIP sigmoid, VSE++ triplet);
   2. hashing losses (DPSH likelihood, quantization, bit balance, DUCH-style contrastive);
   3. exact contrastive losses for a batch sharded over devices (a `ppermute` ring, no [B, B]);
-  4. the registry `LOSSES` and the dispatchers `contrastive_loss` and `hashing_loss`.
+  4. the registry `LOSSES` and the dispatchers `contrastive_loss` and `hashing_loss`;
+  5. distillation from a teacher's image-text similarities.
 """
 
 from __future__ import annotations
@@ -418,3 +419,31 @@ def hashing_loss(h_image: jax.Array, h_text: jax.Array, weights: Mapping[str, fl
     terms["balance"] = bit_balance_loss(h_image) + bit_balance_loss(h_text)
   total = sum((weights[k] * v for k, v in terms.items()), jnp.zeros((), jnp.float32))
   return total, terms
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Distillation
+# --------------------------------------------------------------------------------------------------
+
+
+def _kl_rows(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
+  """Mean over rows of KL(softmax(teacher) || softmax(student)), in float32."""
+  t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.sum(jnp.exp(t) * (t - s), axis=-1))
+
+
+def distillation_loss(student: Mapping, teacher: Mapping) -> jax.Array:
+  """The student's image->text and text->image softmax distributions pulled to the teacher's.
+
+  student, teacher: {"image": [B, E], "text": [B, E] unit norm, "logit_scale": scalar} (the two
+  may have different E; each side's logits are its own scale * image @ text.T, [B, B]). Returns
+  the mean of the two directions' KL(teacher || student), a scalar. open_clip's distillation loss
+  is the cross-entropy against the teacher's softmax, which differs from this KL by the teacher's
+  entropy, a constant: the gradients are the same, and a student equal to its teacher scores 0.
+  The teacher is not differentiated.
+  """
+  teacher = jax.tree.map(jax.lax.stop_gradient, dict(teacher))
+  s_logits = student["logit_scale"] * student["image"] @ student["text"].T
+  t_logits = teacher["logit_scale"] * teacher["image"] @ teacher["text"].T
+  return 0.5 * (_kl_rows(t_logits, s_logits) + _kl_rows(t_logits.T, s_logits.T))

@@ -72,6 +72,7 @@ class Plan:
   chip: str
   mfu: float
   n_params: int
+  n_trained: int           # without the parameters train.frozen keeps fixed
   global_batch: int
   grad_accum_steps: int
   params_bytes: int        # per device
@@ -146,13 +147,21 @@ def _lower(config, mesh):
   from rsjax import optim, state
   from rsjax.train import step as train_step
 
+  from rsjax import trainable
+
   model = state.create_model(config)
   tx = optim.make_optimizer(config.train)
   abstract, shardings = state.state_layout(model, tx, config, mesh)
-  step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh),
-                                       shardings, mesh)
+  constants = ()
+  if trainable.frozen_patterns(config.train):  # frozen parameters: an input of every step
+    every, _ = state.params_layout(model, config, mesh)
+    constants = ({"frozen": trainable.Selection.of(config, every).frozen_part(every)},)
+  step = train_step.compile_train_step(
+      train_step.make_train_step(model, tx, config, mesh), shardings, mesh,
+      jax.tree.map(lambda x: x.sharding, constants[0]) if constants else None)
   with jax.set_mesh(mesh):
-    return step.lower(abstract, _abstract_batch(config, mesh)), abstract
+    lowered = step.lower(abstract, _abstract_batch(config, mesh), *constants)
+  return lowered, abstract, constants[0]["frozen"] if constants else {}
 
 
 def with_mesh(config, mesh: tuple[int, int, int]):
@@ -195,21 +204,22 @@ def make_plan(config, mesh: tuple[int, int, int], chip: str, mfu: float = 0.4,
   parallel.check_batch(config.train.batch_size, jax_mesh, accum)
   _check_divisible(config, mesh)
 
-  lowered, abstract = _lower(config, jax_mesh)
+  lowered, abstract, frozen = _lower(config, jax_mesh)
   compiled = lowered.compile()
   mem = compiled.memory_analysis()
   flops_config = config
   if config.model.scan:  # cost analysis counts a scanned body once: count the unrolled step
     flops_config = config.copy_and_resolve_references()
     flops_config.model.scan = False
-    lowered, _ = _lower(flops_config, jax_mesh)
+    lowered, _, _ = _lower(flops_config, jax_mesh)
   global_flops = float(lowered.cost_analysis()["flops"])
 
   plan = Plan(
       mesh=tuple(mesh), chip=chip, mfu=mfu,
-      n_params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
+      n_params=sum(math.prod(x.shape) for x in jax.tree.leaves((abstract.params, frozen))),
+      n_trained=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
       global_batch=config.train.batch_size, grad_accum_steps=accum,
-      params_bytes=_device_bytes(abstract.params),
+      params_bytes=_device_bytes(abstract.params) + _device_bytes(frozen),
       opt_state_bytes=_device_bytes(abstract.opt_state) + _device_bytes(abstract.step),
       batch_bytes=_device_bytes(_abstract_batch(config, jax_mesh)),
       temp_bytes=mem.temp_size_in_bytes, argument_bytes=mem.argument_size_in_bytes,
@@ -284,7 +294,9 @@ def format_plan(plan: Plan, title: str = "") -> str:
     lines.append(title)
   lines += [
       f"mesh data={d} fsdp={f} tensor={t}: {plan.devices} x {chip.name}",
-      f"model {plan.n_params / 1e6:.1f}M parameters; global batch {plan.global_batch} "
+      f"model {plan.n_params / 1e6:.1f}M parameters"
+      + (f" ({plan.n_trained / 1e6:.2f}M trained)" if plan.n_trained < plan.n_params else "")
+      + f"; global batch {plan.global_batch} "
       f"({per_device} per device, {plan.grad_accum_steps} micro-batch"
       f"{'es' if plan.grad_accum_steps > 1 else ''} per step)",
       "",

@@ -1,13 +1,12 @@
-"""The train state: model, parameters and optimizer state, laid out on the mesh; and a run's
-trained model restored from its checkpoints.
+"""The train state: model, parameters and optimizer state, laid out on the mesh.
 
-Everything that needs a model from a config or a checkpoint (the trainer, evaluation, `rsjax
-index` / `search` / `export`, `rsjax plan`) builds it here, so none of them imports the trainer.
+Everything that needs a model from a config (the trainer, evaluation, `rsjax index` / `search` /
+`export`, `rsjax plan`) builds it here, so none of them imports the trainer; a trained run on
+disk is read back by rsjax/runs.py.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import flax
@@ -17,8 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from rsjax import optim, parallel
-from rsjax.checkpoint import Checkpointer, abstract_like
+from rsjax import parallel, trainable
+from rsjax.checkpoint import abstract_like
 from rsjax.models.two_tower import TwoTower
 
 
@@ -33,28 +32,59 @@ def create_model(config: ml_collections.ConfigDict) -> TwoTower:
   return TwoTower(config.model)
 
 
-def boxed_state_fn(model: TwoTower, tx: optax.GradientTransformation,
-                   config: ml_collections.ConfigDict) -> Callable:
-  """key -> TrainState whose parameter leaves are boxed with their logical axis names."""
+def _dummy_inputs(config: ml_collections.ConfigDict):
   images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
   ids = jnp.ones((1, config.model.text.context_length), jnp.int32)
+  return images, ids
+
+
+def boxed_params_fn(model: TwoTower, config: ml_collections.ConfigDict) -> Callable:
+  """key -> every parameter of the model, boxed with its logical axis names."""
+  images, ids = _dummy_inputs(config)
+  return lambda key: model.init(key, images, ids)["params"]
+
+
+def boxed_state_fn(model: TwoTower, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict) -> Callable:
+  """key -> TrainState whose parameter leaves are boxed with their logical axis names. With
+  train.frozen, the state holds the trained parameters only (rsjax/trainable.py)."""
+  boxed_params = boxed_params_fn(model, config)
 
   def boxed_state(key):
-    params = model.init(key, images, ids)["params"]
+    params = boxed_params(key)
+    selection = trainable.Selection.of(config, params)
+    if selection.any_frozen:
+      params, _ = selection.split(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return boxed_state
 
 
+def _layout(boxed_fn: Callable, config: ml_collections.ConfigDict, mesh):
+  rules = parallel.rules_for(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(boxed_fn, jax.random.key(0))
+    shardings = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
+  return abstract_like(nn.meta.unbox(abstract), shardings), shardings
+
+
 def state_layout(model: TwoTower, tx: optax.GradientTransformation,
                  config: ml_collections.ConfigDict, mesh):
   """(abstract state with shardings, state shardings) without allocating anything."""
-  boxed_state = boxed_state_fn(model, tx, config)
-  rules = parallel.rules_for(config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(boxed_state, jax.random.key(0))
-    shardings = parallel.logical_to_sharding(nn.get_partition_spec(abstract), mesh, rules)
-  return abstract_like(nn.meta.unbox(abstract), shardings), shardings
+  return _layout(boxed_state_fn(model, tx, config), config, mesh)
+
+
+def params_layout(model: TwoTower, config: ml_collections.ConfigDict, mesh):
+  """(abstract parameters with shardings, their shardings): every parameter, frozen or not."""
+  return _layout(boxed_params_fn(model, config), config, mesh)
+
+
+def init_params(model: TwoTower, config: ml_collections.ConfigDict, mesh, rng: jax.Array):
+  """Every parameter of the model, initialised from `rng` directly in its sharded layout."""
+  boxed_params = boxed_params_fn(model, config)
+  _, shardings = params_layout(model, config, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.rules_for(config)):
+    return jax.jit(lambda key: nn.meta.unbox(boxed_params(key)), out_shardings=shardings)(rng)
 
 
 def init_state(model: TwoTower, tx: optax.GradientTransformation,
@@ -68,50 +98,7 @@ def init_state(model: TwoTower, tx: optax.GradientTransformation,
 
 
 def state_from_params(params, tx: optax.GradientTransformation, shardings) -> TrainState:
-  """A step-0 state around given parameters (e.g. converted CLIP weights), in the sharded layout."""
+  """A step-0 state around given parameters (e.g. converted CLIP weights), in the sharded layout.
+  With train.frozen, `params` are the trained parameters only."""
   return jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
                  out_shardings=shardings)(params)
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained run on disk: <workdir>/checkpoints/<step>/ and <workdir>/tokenizer.model.
-
-
-def checkpoint_dir(path: str) -> str:
-  """A workdir (with checkpoints/) or a checkpoints folder -> the checkpoints folder."""
-  inner = os.path.join(path, "checkpoints")
-  return inner if os.path.isdir(inner) else path
-
-
-def load_model(config, checkpoint: str, mesh, step: int | None = None,
-               check_config: bool = False):
-  """(model, params, step) from the latest (or given) checkpoint under `checkpoint` (a workdir or
-  its checkpoints folder). `check_config` also refuses a checkpoint written for other model.* keys."""
-  ckpt = Checkpointer(checkpoint_dir(checkpoint))
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first")
-    model = create_model(config)
-    abstract, _ = state_layout(model, optim.make_optimizer(config.train), config, mesh)
-    state = ckpt.restore(step, abstract, config=config if check_config else None)
-  finally:
-    ckpt.close()
-  return model, state.params, int(step)
-
-
-def tokenizer_path(checkpoint: str, given: str | None = None) -> str:
-  """The run's SentencePiece model: `given`, else tokenizer.model in the workdir."""
-  if not os.path.isdir(checkpoint):
-    raise FileNotFoundError(f"--checkpoint {checkpoint}: no such run folder (the --workdir of "
-                            "an `rsjax train` run, or its checkpoints folder)")
-  if given:
-    path = given
-  else:
-    base = os.path.abspath(checkpoint)
-    workdir = base if os.path.isdir(os.path.join(base, "checkpoints")) else os.path.dirname(base)
-    path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"tokenizer {path} not found; pass --tokenizer PATH (the "
-                            "tokenizer.model the model was trained with)")
-  return path

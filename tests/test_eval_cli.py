@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import cli_sets, tiny_config
-from rsjax import cli, index, parallel, search_inputs
+from rsjax import cli, index, parallel, runs, search_inputs
 from rsjax.evaluation import encode
-from rsjax import state as state_lib
 from rsjax.train.loop import train
 
 SETS = ("model.hashing.bits=32", "train.steps=4", "eval.at_step0=False")
@@ -63,7 +62,7 @@ def test_index_search_append_and_refusals(run_dir, shared_data, tmp_path, capsys
   # The stored vectors are the model's, for the images at the stored paths.
   config = tiny_config(*SETS)
   mesh = parallel.make_mesh(config)
-  model, params, _ = state_lib.load_model(config, run_dir, mesh)
+  model, params, _ = runs.load_model(config, run_dir, mesh)
   enc_img, _ = encode.encoders(model)
   images = np.stack([search_inputs.load_image(p, 32) for p in idx.paths[50:56]])
   import jax

@@ -89,8 +89,8 @@ def test_plan_command_rejects_a_bad_mesh(capsys):
 
 
 def test_advice_names_fsdp_remat_and_micro_batches():
-  over = plan.Plan(mesh=(16, 1, 1), chip="v5e", mfu=0.4, n_params=10 ** 9, global_batch=4096,
-                   grad_accum_steps=1, params_bytes=4 * 10 ** 9, opt_state_bytes=8 * 10 ** 9,
+  over = plan.Plan(mesh=(16, 1, 1), chip="v5e", mfu=0.4, n_params=10 ** 9, n_trained=10 ** 9,
+                   global_batch=4096, grad_accum_steps=1, params_bytes=4 * 10 ** 9, opt_state_bytes=8 * 10 ** 9,
                    batch_bytes=10 ** 6, temp_bytes=9 * 2 ** 30, argument_bytes=12 * 10 ** 9,
                    output_bytes=12 * 10 ** 9, alias_bytes=12 * 10 ** 9, flops_per_device=1e15)
   config = tiny_config()

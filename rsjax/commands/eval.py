@@ -46,7 +46,7 @@ def run(args) -> int:
   import jax
   import numpy as np
 
-  from rsjax import atomic, parallel, search_inputs, state
+  from rsjax import atomic, parallel, runs, search_inputs
   from rsjax.console import log
   from rsjax.data.datasets import load_retrieval_data
   from rsjax.evaluation import labels, registry, zero_shot
@@ -56,7 +56,7 @@ def run(args) -> int:
   parallel.initialize_distributed()  # a multi-host launch: every process joins, process 0 writes
   mesh = parallel.make_mesh(config)
   configured = registry.config_evaluators(config)  # ConfigError naming eval.evaluators
-  model, params, step = state.load_model(config, args.checkpoint or workdir, mesh)
+  model, params, step = runs.load_model(config, args.checkpoint or workdir, mesh)
   data = load_retrieval_data(config, workdir)
   splits = args.splits.split(",") if args.splits else default_splits(config, list(data.eval_splits))
   unknown = [s for s in splits if s not in data.eval_splits]

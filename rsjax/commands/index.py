@@ -13,7 +13,7 @@ def run(args) -> int:
   import numpy as np
   from tqdm import tqdm
 
-  from rsjax import index, parallel, search_inputs, state
+  from rsjax import index, parallel, runs, search_inputs
   from rsjax.console import log
   from rsjax.data import records
   from rsjax.errors import InputError
@@ -21,7 +21,7 @@ def run(args) -> int:
 
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise InputError(f"--out {args.out} is a file, not an index folder")
-  tokenizer = state.tokenizer_path(args.checkpoint, args.tokenizer)
+  tokenizer = runs.tokenizer_path(args.checkpoint, args.tokenizer)
   if args.chunk_size < 1 or args.batch_size < 1:
     raise InputError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and "
                      f"{args.batch_size}")
@@ -34,8 +34,8 @@ def run(args) -> int:
     raise index.IndexFileError(f"{args.out} already holds an index; pass --append to add to it, "
                                "or choose another --out")
   mesh = parallel.make_mesh(config)
-  model, params, step = state.load_model(config, args.checkpoint, mesh)
-  identity = index.model_identity(config, state.checkpoint_dir(args.checkpoint), step, params,
+  model, params, step = runs.load_model(config, args.checkpoint, mesh)
+  identity = index.model_identity(config, runs.checkpoint_dir(args.checkpoint), step, params,
                                   tokenizer)
   if exists:  # refuse a mismatched model before encoding anything
     index.check_identity(index.read_meta(args.out), identity, args.out)

@@ -15,7 +15,7 @@ def run(args) -> int:
   import ml_collections
   import numpy as np
 
-  from rsjax import index, parallel, search, state
+  from rsjax import index, parallel, runs, search
   from rsjax.evaluation import encode
   from rsjax.data.tokenizers import SentencePieceTokenizer
 
@@ -40,7 +40,7 @@ def run(args) -> int:
           "images); rerun its `rsjax index` command to finish it", file=sys.stderr)
   config = ml_collections.ConfigDict(meta["config"])
   mesh = parallel.make_mesh(config)
-  model, params, step = state.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
+  model, params, step = runs.load_model(config, meta["checkpoint"], mesh, step=meta["step"])
   if index.params_digest(params) != meta["params_digest"]:
     raise index.IndexFileError(f"checkpoint {meta['checkpoint']} step {step} no longer holds the "
                                "parameters this index was built with; rebuild the index")

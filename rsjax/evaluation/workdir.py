@@ -7,7 +7,7 @@ import os
 import jax
 import ml_collections
 
-from rsjax import atomic, parallel, state
+from rsjax import atomic, parallel, runs
 from rsjax.console import log
 from rsjax.data.datasets import load_retrieval_data
 from rsjax.evaluation.recalls import format_table
@@ -19,7 +19,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
   writes eval_<split>_step<N>.json there (process 0) and returns the metrics."""
   parallel.initialize_distributed()
   mesh = parallel.make_mesh(config, devices)
-  model, params, step = state.load_model(config, workdir, mesh, check_config=True)
+  model, params, step = runs.load_model(config, workdir, mesh, check_config=True)
   data = load_retrieval_data(config, workdir)
   results = evaluate_run(model, params, data, config, mesh)
   results["step"] = step

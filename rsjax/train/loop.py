@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from rsjax import atomic, optim, parallel, state as state_lib
+from rsjax import atomic, optim, parallel, runs, state as state_lib, trainable
 from rsjax.checkpoint import Checkpointer
 from rsjax.console import log
 from rsjax.data import pipeline
@@ -58,22 +58,54 @@ def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[Retriev
       labels=data.train_labels if label_source else None, dihedral=data.train_dihedral)
 
 
-def restore_or_init(config, model, tx, mesh, ckpt: Checkpointer, train_iter):
-  """(start step, state, state shardings): the latest checkpoint (with the iterator restored in
-  place), else converted weights (init.checkpoint), else a fresh initialisation."""
+class Start:
+  """Where a run starts: the step, the train state, its shardings, and for a run with frozen
+  parameters those parameters (passed to every step) and their reference (saved with every
+  checkpoint)."""
+
+  def __init__(self, step: int, state, shardings, frozen: dict, base: dict | None):
+    self.step, self.state, self.shardings, self.frozen, self.base = (step, state, shardings,
+                                                                    frozen, base)
+
+
+def restore_or_init(config, model, tx, mesh, ckpt: Checkpointer, train_iter) -> Start:
+  """The latest checkpoint (with the iterator restored in place), else the weights of
+  init.checkpoint (a converted folder or a run), else a fresh initialisation. With train.frozen the
+  frozen parameters are read from init.checkpoint in every case, and a checkpoint trained on other
+  ones is refused."""
   t = config.train
   abstract, shardings = state_lib.state_layout(model, tx, config, mesh)
   start, state = ckpt.restore_latest(abstract, train_iter, config,
                                      fallback=t.get("restore_fallback", False), log=log)
   if start is not None:
     log(f"resumed from checkpoint at step {start}")
-  elif config.get("init") and config.init.checkpoint:  # converted weights (`rsjax convert`)
-    from rsjax.convert import load_init_params  # CLIP runs only: the BPE tokenizer's ftfy/regex
-    params = load_init_params(config.init.checkpoint, config, abstract.params, log)
-    state = state_lib.state_from_params(params, tx, shardings)
-  else:
-    state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(t.seed))
-  return int(start or 0), state, shardings
+  if trainable.frozen_patterns(t):
+    trained, frozen, base = runs.frozen_base(config, model, mesh, log)
+    if start is not None:
+      runs.check_base(ckpt.saved_base(start), base, f"checkpoint step {start} in {ckpt.directory}")
+    else:
+      state = state_lib.state_from_params(trained, tx, shardings)
+    return Start(int(start or 0), state, shardings, frozen, base)
+  if start is None:
+    if config.get("init") and config.init.checkpoint:
+      params = runs.starting_params(config, model, mesh, log)
+      state = state_lib.state_from_params(params, tx, shardings)
+    else:
+      state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(t.seed))
+  return Start(int(start or 0), state, shardings, {}, None)
+
+
+def log_trainable(state, frozen: dict) -> None:
+  """The parameter count, and with frozen parameters the trained share and its optimizer state."""
+  trained = sum(x.size for x in jax.tree.leaves(state.params))
+  fixed = sum(x.size for x in jax.tree.leaves(frozen))
+  if not fixed:
+    log(f"model: {trained / 1e6:.2f}M parameters")
+    return
+  opt_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.opt_state))
+  log(f"model: {(trained + fixed) / 1e6:.2f}M parameters, {trained / 1e6:.3f}M trained "
+      f"({100 * trained / (trained + fixed):.2f}%), {fixed / 1e6:.2f}M frozen; optimizer state "
+      f"{opt_bytes / 2**20:.1f} MiB")
 
 
 class Throughput:
@@ -111,24 +143,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   parallel.check_batch(t.batch_size, mesh, grad_accum_steps(config))
   log(f"mesh {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].platform} device(s)")
 
+  runs.adopt_tokenizer(config, workdir, log)  # before the data layer picks a tokenizer
   data, train_iter = open_input(config, workdir)
 
   model, tx = state_lib.create_model(config), optim.make_optimizer(t)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
-  start, state, shardings = restore_or_init(config, model, tx, mesh, ckpt, train_iter)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log(f"model: {n_params / 1e6:.2f}M parameters")
+  begin = restore_or_init(config, model, tx, mesh, ckpt, train_iter)
+  start, state, shardings, frozen = begin.step, begin.state, begin.shardings, begin.frozen
+  log_trainable(state, frozen)
+  teacher, teacher_params = runs.load_teacher(config, mesh, workdir, log)
+  constants = {"frozen": frozen} if frozen else {}
+  if teacher is not None:
+    constants["teacher"] = teacher_params
+  params_of = lambda s: trainable.join(s.params, frozen)  # every parameter, for evaluation
 
   step0_path = os.path.join(workdir, "step0_eval.json")
   if config.eval.at_step0 and not os.path.exists(step0_path):
     if start != 0:
       log("no step-0 evaluation recorded before this checkpoint; skipping it")
     else:
-      step0 = evaluate_run(model, state.params, data, config, mesh)
+      step0 = evaluate_run(model, params_of(state), data, config, mesh)
       write_json(step0_path, step0)
       log(f"step 0: {config.eval.split} mR {step0['mR']:.2f}")
 
-  step_fn = compile_train_step(make_train_step(model, tx, config, mesh), shardings, mesh)
+  constants_shardings = jax.tree.map(lambda x: x.sharding, constants) if constants else None
+  step_fn = compile_train_step(make_train_step(model, tx, config, mesh, teacher), shardings, mesh,
+                               constants_shardings)
+  step_args = (constants,) if constants else ()
   schedule = optim.learning_rate_schedule(t)
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   guard = NonFiniteGuard(t, ckpt, writer)
@@ -137,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
       nn.logical_axis_rules(parallel.rules_for(config)):
     for step in range(start + 1, t.steps + 1):
       batch = parallel.shard_batch(next(train_iter), mesh)
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, batch, *step_args)
       loss = float(jax.block_until_ready(m["loss"]))  # blocking also avoids CPU collective stalls
       guard.check(step, loss, float(m["grad_norm"]))
 
@@ -154,7 +195,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
       if config.eval.every and step % config.eval.every == 0 and step != t.steps:
         eval_start = time.perf_counter()
-        periodic = evaluate_run(model, state.params, data, config, mesh, split_name="val",
+        periodic = evaluate_run(model, params_of(state), data, config, mesh, split_name="val",
                                 names=("retrieval",))
         writer.write({"step": step, **{f"val_{k}": v for k, v in periodic.items()}})
         log(f"step {step:>6}/{t.steps} | val {recall_summary(periodic)}")
@@ -162,7 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
       due = t.checkpoint_every and step % t.checkpoint_every == 0
       if due or step == t.steps or preempt.requested:
-        ckpt.save(step, state, train_iter, config)
+        ckpt.save(step, state, train_iter, config, base=begin.base)
       if preempt.requested:
         log(f"SIGTERM received: checkpoint written at step {step}; exiting")
         ckpt.close()
@@ -171,7 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
         raise RuntimeError(f"simulated crash after step {step}")
   ckpt.close()
 
-  results = evaluate_run(model, state.params, data, config, mesh)
+  results = evaluate_run(model, params_of(state), data, config, mesh)
   if os.path.exists(step0_path):
     with open(step0_path) as f:
       results["step0"] = json.load(f)

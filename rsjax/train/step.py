@@ -15,8 +15,8 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec as P
 
-from rsjax import parallel
-from rsjax.losses import contrastive_loss, hashing_loss
+from rsjax import parallel, trainable
+from rsjax.losses import contrastive_loss, distillation_loss, hashing_loss
 from rsjax.models.heads import hash_beta
 from rsjax.models.two_tower import TwoTower
 from rsjax.pixels import normalize_images
@@ -77,9 +77,24 @@ def label_key(config: ml_collections.ConfigDict) -> str | None:
   return None
 
 
+def teacher_images(images: jax.Array, size: int) -> jax.Array:
+  """Normalised images [B, H, W, 3] resized (bilinear) to a teacher's input size."""
+  if images.shape[1:3] == (size, size):
+    return images
+  return jax.image.resize(images, (images.shape[0], size, size, images.shape[3]), "bilinear")
+
+
 def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, mesh=None) -> Callable:
-  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}) -> (state, metrics).
+                    config: ml_collections.ConfigDict, mesh=None,
+                    teacher: tuple[TwoTower, int] | None = None) -> Callable:
+  """The pure update: (state, batch{'image' uint8 [B,H,W,3], 'tokens' [B,L]}, constants) ->
+  (state, metrics).
+
+  `constants` (not differentiated, not updated): {"frozen": the parameters train.frozen keeps
+  fixed (state.params holds the others), "teacher": the distillation teacher's parameters}, either
+  absent. `teacher`: (teacher model, its image size) when distill.teacher is set; the loss then
+  adds distill.weight times the KL between the teacher's and the student's image-text softmax
+  distributions (rsjax.losses.distillation_loss).
 
   With a mesh of several data-parallel devices, train.loss_sharding picks how the contrastive loss
   is spread: "ring" (exact ring over the devices; no device holds the global [B, B] logits), "auto"
@@ -111,8 +126,11 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
     raise ConfigError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
                      f"between 0 and model.hashing.bits={hashing.bits}")
 
-  def loss_fn(params, batch, beta):
-    out = model.apply({"params": params}, normalize_images(batch["image"]),
+  distill_weight = float(config.distill.weight) if teacher is not None else 0.0
+
+  def loss_fn(params, batch, beta, constants):
+    images = normalize_images(batch["image"])
+    out = model.apply({"params": trainable.join(params, constants.get("frozen", {}))}, images,
                       batch["tokens"], hash_beta=beta)
     if gather:  # the naive baseline: every device gathers all embeddings, builds all logits
       keys = ("image", "text", "logit_scale", "logit_bias")
@@ -142,16 +160,22 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
         hash_total = hash_total + part / (len(prefix_bits) + 1)
       loss = loss + hash_total
       terms.update({f"hash_{k}": v for k, v in hash_terms.items()})
+    if teacher is not None:
+      teacher_model, teacher_size = teacher
+      taught = teacher_model.apply({"params": constants["teacher"]},
+                                   teacher_images(images, teacher_size), batch["tokens"])
+      terms["distill_loss"] = distillation_loss(out, taught)
+      loss = loss + distill_weight * terms["distill_loss"]
     return loss, {"logit_scale": out["logit_scale"], **terms}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated(params, batch, beta):
+  def accumulated(params, batch, beta, constants):
     """Mean loss, metrics and gradients over `accum` micro-batches, summed in float32."""
     micro = {k: split_micro_batches(v, accum, mesh) for k, v in batch.items()}
 
     def one(carry, mb):
-      (loss, aux), grads = grad_fn(params, mb, beta)
+      (loss, aux), grads = grad_fn(params, mb, beta, constants)
       total = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry, grads)
       return total, (loss, aux)
 
@@ -160,13 +184,14 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
     grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), total, params)
     return (losses.mean(), jax.tree.map(lambda v: v.mean(0), aux)), grads
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, constants: dict | None = None):
+    constants = constants or {}
     beta = hash_beta(state.step, t.steps, hashing.beta_start, hashing.beta_end)
     with nn.logical_axis_rules(rules):  # the model's activation constraints use these names
       if accum == 1:
-        (loss, aux), grads = grad_fn(state.params, batch, beta)
+        (loss, aux), grads = grad_fn(state.params, batch, beta, constants)
       else:
-        (loss, aux), grads = accumulated(state.params, batch, beta)
+        (loss, aux), grads = accumulated(state.params, batch, beta, constants)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -175,9 +200,14 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
   return train_step
 
 
-def compile_train_step(train_step, state_shardings, mesh):
+def compile_train_step(train_step, state_shardings, mesh, constants_shardings=None):
   """jit with the state in its sharded layout, the batch split over the data-parallel axes, the
-  metrics replicated and the old state's buffers donated. Call it under `jax.set_mesh(mesh)`."""
+  metrics replicated and the old state's buffers donated. Call it under `jax.set_mesh(mesh)`.
+  `constants_shardings`: the layout of the step's constants (frozen and teacher parameters), which
+  it then takes as a third argument; they are neither donated nor returned."""
   batch_sharding = parallel.batch_sharding(mesh)  # every batch entry ('image', 'tokens', 'label')
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+  shardings = (state_shardings, batch_sharding)
+  if constants_shardings is not None:
+    shardings += (constants_shardings,)
+  return jax.jit(train_step, in_shardings=shardings,
                  out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
