@@ -76,7 +76,9 @@ SHARED_KEYS = {
     "init": {"checkpoint": ""},
     # Parameters kept fixed (rsjax/trainable.py): globs of parameter paths, or the shorthands
     # image_tower, text_tower and base (all but LoRA / adapter parameters and the temperature).
-    "train": {"frozen": ()},
+    # frozen_dtype "bfloat16": frozen parameters held in bfloat16 on the devices (half their
+    # memory), and a tower whose base is frozen as a whole computes in bfloat16.
+    "train": {"frozen": (), "frozen_dtype": "float32"},
     # Distillation: a teacher (run workdir or converted folder) whose image-text softmax the
     # student matches, with this weight beside the contrastive loss.
     "distill": {"teacher": "", "weight": 1.0},

@@ -137,6 +137,9 @@ def frozen_base(config, model, mesh, log=console_log) -> tuple[dict, dict, dict]
   reference = {"init_checkpoint": os.path.abspath(source) if source else "",
                "seed": int(config.train.seed), "frozen": list(trainable.frozen_patterns(config.train)),
                "parameters": count, "digest": params_digest(frozen)}
+  dtype = trainable.frozen_dtype(config.train)
+  if dtype != "float32":  # after the digest, which is of the values as read
+    frozen = jax.tree.map(lambda x: x.astype(dtype), frozen)
   return trained, frozen, reference
 
 

@@ -29,7 +29,8 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict) -> TwoTower:
-  return TwoTower(config.model)
+  """The run's model; with train.frozen_dtype a tower whose base is frozen computes in it."""
+  return TwoTower(config.model, tower_dtypes=trainable.frozen_tower_dtypes(config.train))
 
 
 def _dummy_inputs(config: ml_collections.ConfigDict):

@@ -54,6 +54,29 @@ def frozen_patterns(t: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(patterns)
 
 
+FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+def frozen_dtype(t: ml_collections.ConfigDict) -> str:
+  """train.frozen_dtype: the dtype frozen parameters are held in on the devices ("float32")."""
+  name = t.get("frozen_dtype", "float32")
+  if name not in FROZEN_DTYPES:
+    raise ConfigError(f"config key 'train.frozen_dtype': unknown {name!r} (choose from "
+                      f"{', '.join(FROZEN_DTYPES)})")
+  return name
+
+
+def frozen_tower_dtypes(t: ml_collections.ConfigDict) -> tuple[tuple[str, str], ...]:
+  """The towers that compute in train.frozen_dtype: those whose base the patterns freeze as a
+  whole (image_tower / text_tower, or base for both); () under float32."""
+  name, patterns = frozen_dtype(t), frozen_patterns(t)
+  if name == "float32":
+    return ()
+  towers = [tower for tower in ("image", "text")
+            if f"{tower}_tower" in patterns or "base" in patterns]
+  return tuple((tower, name) for tower in towers)
+
+
 class Selection:
   """The frozen / trained split that `train.frozen` gives for one model's parameter paths."""
 

@@ -40,7 +40,7 @@ def _checkpoint_state(config, workdir):
 def source_run(tmp_path_factory):
   """A trained tiny run: the starting point of the transfer tests."""
   workdir = str(tmp_path_factory.mktemp("source"))
-  config = tiny_config("train.steps=4")
+  config = tiny_config("train.steps=4", "eval.at_step0=False")
   train_loop.train(config, workdir)
   _, params, _ = runs.load_model(config, workdir, parallel.make_mesh(config))
   return workdir, _flat(params)
@@ -101,38 +101,48 @@ def test_frozen_patterns_are_checked():
   assert trainable.join(trained, frozen) == params
 
 
-@pytest.fixture(scope="module")
-def locked_run(source_run, tmp_path_factory):
-  """The source run fine-tuned with its image tower locked."""
-  workdir = str(tmp_path_factory.mktemp("locked"))
+FROZEN = {  # recipe -> its config overrides
+    "lock_image": ("train.frozen=('image_tower',)",),
+    "lora": ("model.lora.rank=4", "model.lora.targets=('qkv', 'out', 'fc1', 'fc2')",
+             "train.frozen=('base',)"),
+    "adapter": ("model.adapter.dim=8", "train.frozen=('base',)"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FROZEN))
+def frozen_run(request, source_run, tmp_path_factory):
+  """The source run fine-tuned with a part of it frozen."""
+  workdir = str(tmp_path_factory.mktemp(request.param))
   source, _ = source_run
-  config = tiny_config(f"init.checkpoint={source}", "train.frozen=('image_tower',)",
-                       "train.steps=4", "train.checkpoint_every=2")
+  config = tiny_config(f"init.checkpoint={source}", *FROZEN[request.param], "train.steps=4",
+                       "train.checkpoint_every=2", "train.learning_rate=0.01",
+                       "eval.at_step0=False")
   train_loop.train(config, workdir)
   return config, workdir
 
 
-def test_a_locked_tower_is_bit_identical_and_has_no_optimizer_state(source_run, locked_run):
+def test_frozen_parameters_are_bit_identical_and_have_no_optimizer_state(source_run, frozen_run):
   _, reference = source_run
-  config, workdir = locked_run
+  config, workdir = frozen_run
   state = _checkpoint_state(config, workdir)
   trained = _flat(state.params)
-  assert trained and not any(k.startswith("image/") for k in trained)  # only the rest is saved
-  # Adam's moments exist for the trained parameters only.
-  moment_paths = {"/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-                  for path, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)}
-  assert not any("image" in p for p in moment_paths)
   _, params, _ = runs.load_model(config, workdir, parallel.make_mesh(config), log=lambda *_: None)
   flat = _flat(params)
-  for key, value in flat.items():
-    if key.startswith("image/"):
-      assert value.tobytes() == reference[key].tobytes(), key  # bit for bit
-  changed = [k for k in trained if not np.array_equal(flat[k], reference[k])]
-  assert changed, "the text tower did not train"
+  frozen = trainable.Selection.of(config, params).frozen
+  assert frozen and trained and not frozen & trained.keys()  # the checkpoint holds the rest only
+  assert frozen | trained.keys() == flat.keys()
+  # Adam's two moments exist for the trained parameters only (beside a few step counters).
+  size = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  assert 2 * size(trained) <= size(state.opt_state) <= 2 * size(trained) + 8
+  for key in frozen:
+    assert flat[key].tobytes() == reference[key].tobytes(), key  # bit for bit
+  changed = [k for k in trained if k not in reference or not np.array_equal(flat[k], reference[k])]
+  assert changed, "nothing trained"
 
 
-def test_a_frozen_run_resumes_exactly(locked_run, tmp_path):
-  config, straight = locked_run
+@pytest.mark.parametrize("frozen_run", ["lora"], indirect=True)  # as the others: one mechanism
+def test_a_frozen_run_resumes_exactly(frozen_run, tmp_path):
+  config, straight = frozen_run
   resumed = str(tmp_path / "resumed")
   with pytest.raises(RuntimeError, match="simulated crash after step 3"):
     train_loop.train(config, resumed, crash_after_step=3)
@@ -142,10 +152,11 @@ def test_a_frozen_run_resumes_exactly(locked_run, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
-def test_a_frozen_run_refuses_a_base_whose_digest_differs(locked_run, tmp_path):
-  config, workdir = locked_run
+@pytest.mark.parametrize("frozen_run", ["lora"], indirect=True)
+def test_a_frozen_run_refuses_a_base_whose_digest_differs(frozen_run, tmp_path):
+  config, workdir = frozen_run
   other = str(tmp_path / "other")  # another source: other weights under the same architecture
-  train_loop.train(tiny_config("train.steps=2", "train.seed=7"), other)
+  train_loop.train(tiny_config("train.steps=2", "train.seed=7", "eval.at_step0=False"), other)
   moved = config.copy_and_resolve_references()
   with moved.unlocked():
     moved.init.checkpoint = other
@@ -230,3 +241,21 @@ def test_the_finetune_configs_take_each_recipe(peft):
   assert config.model.adapter.dim == (16 if peft == "adapter" else 0)
   with pytest.raises(ConfigError, match="peft='lorra'"):
     load_config(f"{REPO / 'configs' / 'finetune_clip_rsicd.py'}:arch=ViT-B-32,peft=lorra")
+
+
+def test_frozen_parameters_in_bfloat16(source_run, tmp_path):
+  source, reference = source_run
+  config = tiny_config(f"init.checkpoint={source}", "train.frozen=('image_tower',)",
+                       "train.frozen_dtype=bfloat16", "train.steps=2", "eval.at_step0=False")
+  mesh = parallel.make_mesh(config)
+  model = state_lib.create_model(config)
+  assert model.tower_dtypes == (("image", "bfloat16"),)
+  _, frozen, _ = runs.frozen_base(config, model, mesh, log=lambda *_: None)
+  flat = _flat(frozen)
+  assert flat and all(v.dtype == jnp.bfloat16 for v in flat.values())
+  for key, value in flat.items():  # the stored values are the base's, rounded
+    np.testing.assert_allclose(np.float32(value), reference[key], rtol=1e-2, atol=1e-6)
+  results = train_loop.train(config, str(tmp_path))
+  assert np.isfinite(results["mR"])
+  with pytest.raises(ConfigError, match="'train.frozen_dtype': unknown 'fp8'"):
+    state_lib.create_model(tiny_config("train.frozen_dtype=fp8"))

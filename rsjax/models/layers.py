@@ -13,10 +13,32 @@ import jax
 import jax.numpy as jnp
 
 from rsjax.errors import ConfigError
+from rsjax.models.peft import OFF, Settings
 
 Dtype = Any
 logical = nn.with_logical_partitioning
 dense_init = nn.initializers.normal(stddev=0.02)
+# LoRA's A as PEFT initialises it (kaiming_uniform with a = sqrt(5): U(+-1/sqrt(fan_in))); B is
+# zero, so the delta starts at exactly 0.
+lora_a_init = lambda in_axis: nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
+                                                                in_axis=in_axis, out_axis=-1)
+
+
+def _lora(module: nn.Module, peft: Settings, target: str, rows: jax.Array, a_shape: tuple,
+          a_axes: tuple, b_shape: tuple, b_axes: tuple, in_axis) -> jax.Array:
+  """(alpha / r) * (rows @ A) @ B for LoRA target `target`: rows [N, *a_shape[:-1]] ->
+  [N, *b_shape[1:]]. A [*in, r], B [r, *out]; the rank axis has no logical name (never sharded)."""
+  rank = peft.lora_rank
+  a = module.param(f"{target}_lora_a", logical(lora_a_init(in_axis), a_axes), (*a_shape, rank),
+                   module.param_dtype)
+  b = module.param(f"{target}_lora_b", logical(nn.initializers.zeros, b_axes), (rank, *b_shape),
+                   module.param_dtype)
+  n_in = len(a_shape)
+  low = jnp.tensordot(rows, a.astype(module.dtype), axes=(tuple(range(1, 1 + n_in)),
+                                                          tuple(range(n_in))))  # [N, r]
+  # Scaled before B: with B = 0 every product is an exact 0, so outputs at init are unchanged.
+  low = low * jnp.asarray(peft.lora_scale, module.dtype)
+  return jnp.tensordot(low, b.astype(module.dtype), axes=1)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -78,11 +100,14 @@ class Attention(nn.Module):
   """Multi-head self-attention with one fused QKV projection.
 
   x: [B, L, D]; mask: broadcastable to [B, H, L, L] (True = attend) or None. Returns [B, L, D].
-  The fused kernel [D, 3, H, Dh] maps one to one onto CLIP's `in_proj_weight` [3D, D].
+  The fused kernel [D, 3, H, Dh] maps one to one onto CLIP's `in_proj_weight` [3D, D]. LoRA
+  (peft targets "qkv", "out"): qkv_lora_a [D, r], qkv_lora_b [r, 3, H, Dh]; out_lora_a [H, Dh, r],
+  out_lora_b [r, D].
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -95,6 +120,9 @@ class Attention(nn.Module):
     # Projections on the tokens as rows [B*L, D] (see Mlp): one contracted axis in every gradient.
     rows = x.reshape(batch * length, width).astype(self.dtype)
     qkv = jnp.einsum("nd,dshk->nshk", rows, w_qkv.astype(self.dtype)) + b_qkv.astype(self.dtype)
+    if self.peft.lora("qkv"):
+      qkv = qkv + _lora(self, self.peft, "qkv", rows, (width,), ("embed", None),
+                        (3, heads, head_dim), (None, None, "heads", "kv"), in_axis=0)
     qkv = qkv.reshape(batch, length, 3, heads, head_dim)
     # Tensor parallelism splits the heads: each device attends with its own heads only.
     qkv = nn.with_logical_constraint(qkv, ("batch", "length", None, "heads", "kv"))
@@ -105,8 +133,11 @@ class Attention(nn.Module):
                        (heads, head_dim, width), self.param_dtype)
     b_out = self.param("out_bias", logical(nn.initializers.zeros, ("embed",)), (width,),
                        self.param_dtype)
-    out = jnp.einsum("nhk,hkd->nd", out.reshape(batch * length, heads, head_dim),
-                     w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+    out_rows = out.reshape(batch * length, heads, head_dim)
+    out = jnp.einsum("nhk,hkd->nd", out_rows, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+    if self.peft.lora("out"):
+      out = out + _lora(self, self.peft, "out", out_rows, (heads, head_dim), ("heads", "kv", None),
+                        (width,), (None, "embed"), in_axis=(0, 1))
     return out.reshape(batch, length, width)
 
 
@@ -117,11 +148,14 @@ class Mlp(nn.Module):
   gradient contracts two axes (B and L), and XLA:CPU lays that out with extra transposes and a
   slower matmul; as rows it is one plain [D, N] x [N, F] product (measured: the MLP's forward and
   backward about 20% faster on one core of this CPU, same numbers up to float rounding).
+  LoRA (peft targets "fc1", "fc2") are parameters of the Mlp itself, beside the Dense layers:
+  fc1_lora_a [D, r], fc1_lora_b [r, F]; fc2_lora_a [F, r], fc2_lora_b [r, D].
   """
   hidden: int
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -130,30 +164,67 @@ class Mlp(nn.Module):
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=logical(dense_init, axes), bias_init=logical(nn.initializers.zeros, axes[1:]),
         name=name)
-    h = dense(self.hidden, ("embed", "mlp"), "fc1")(x.reshape(-1, width))
+    rows = x.reshape(-1, width)
+    h = dense(self.hidden, ("embed", "mlp"), "fc1")(rows)
+    if self.peft.lora("fc1"):
+      h = h + _lora(self, self.peft, "fc1", rows.astype(self.dtype), (width,), ("embed", None),
+                    (self.hidden,), (None, "mlp"), in_axis=0)
     h = nn.with_logical_constraint(h.reshape(*lead, self.hidden), ("batch", "length", "mlp"))
     # Only the pre-activation is kept for the backward pass, which recomputes the activation (as
     # torch's GELU does); otherwise XLA also keeps erf(h / sqrt 2), 164 MiB more in a ViT-Ti train
     # step of 64 images, with no measurable gain in speed.
     h = jax.checkpoint(ACTIVATIONS[self.activation])(h).reshape(-1, self.hidden)
-    return dense(width, ("mlp", "embed"), "fc2")(h).reshape(*lead, width)
+    out = dense(width, ("mlp", "embed"), "fc2")(h)
+    if self.peft.lora("fc2"):
+      out = out + _lora(self, self.peft, "fc2", h.astype(self.dtype), (self.hidden,),
+                        ("mlp", None), (width,), (None, "embed"), in_axis=0)
+    return out.reshape(*lead, width)
 
 
-class Block(nn.Module):
-  """Pre-LN transformer block (CLIP layout): x + attn(ln1(x)); x + mlp(ln2(x))."""
-  num_heads: int
-  mlp_ratio: float = 4.0
+class Adapter(nn.Module):
+  """Bottleneck adapter x -> up(act(down(x))): [B, L, D] -> [B, L, D], down [D, dim], up [dim, D].
+
+  `up` starts at zero, so the block's x + adapter(x) is exactly x at initialisation.
+  """
+  dim: int
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    *lead, width = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = nn.Dense(self.dim, **kw, kernel_init=logical(dense_init, ("embed", None)),
+                 bias_init=logical(nn.initializers.zeros, (None,)), name="down")(
+                     x.reshape(-1, width))
+    h = ACTIVATIONS[self.activation](h)
+    return nn.Dense(width, **kw, kernel_init=logical(nn.initializers.zeros, (None, "embed")),
+                    bias_init=logical(nn.initializers.zeros, ("embed",)), name="up")(h).reshape(
+                        *lead, width)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block (CLIP layout): x + attn(ln1(x)); x + mlp(ln2(x)); with
+  peft.adapter_dim > 0 then x + adapter(x). peft's LoRA goes to attn and mlp."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  activation: str = "gelu"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF
+
+  @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = x + Attention(self.num_heads, **kw, name="attn")(LayerNorm(**kw, name="ln1")(x), mask)
+    x = x + Attention(self.num_heads, **kw, peft=self.peft, name="attn")(
+        LayerNorm(**kw, name="ln1")(x), mask)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    x = x + Mlp(hidden, self.activation, **kw, name="mlp")(LayerNorm(**kw, name="ln2")(x))
+    x = x + Mlp(hidden, self.activation, **kw, peft=self.peft, name="mlp")(
+        LayerNorm(**kw, name="ln2")(x))
+    if self.peft.adapter_dim:
+      x = x + Adapter(self.peft.adapter_dim, self.activation, **kw, name="adapter")(x)
     return x
 
 
@@ -172,11 +243,12 @@ class _ScanBlock(nn.Module):
   activation: str
   dtype: Dtype
   param_dtype: Dtype
+  peft: Settings = OFF
 
   @nn.compact
   def __call__(self, x, mask):
     return Block(self.num_heads, self.mlp_ratio, self.activation, self.dtype, self.param_dtype,
-                 name="block")(x, mask), None
+                 peft=self.peft, name="block")(x, mask), None
 
 
 class Encoder(nn.Module):
@@ -186,6 +258,7 @@ class Encoder(nn.Module):
   remat: a REMAT_POLICIES name (recompute activations in the backward pass to save memory).
   scan: run the blocks with nn.scan (parameters stacked on a leading `layers` axis), which compiles
   a deep stack once instead of `depth` times. Taps split the stack into scanned segments.
+  peft: LoRA / adapter settings of every block (rsjax.models.peft.Settings; OFF = none).
   """
   depth: int
   num_heads: int
@@ -196,6 +269,7 @@ class Encoder(nn.Module):
   taps: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None):
@@ -204,7 +278,7 @@ class Encoder(nn.Module):
                         f"from {sorted(REMAT_POLICIES)}")
     policy = REMAT_POLICIES[self.remat]
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, activation=self.activation,
-              dtype=self.dtype, param_dtype=self.param_dtype)
+              dtype=self.dtype, param_dtype=self.param_dtype, peft=self.peft)
     tapped = {}
     if not self.scan:
       block_cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)

@@ -52,6 +52,12 @@ def default_model_config() -> ml_collections.ConfigDict:
       text=dict(vocab_size=512, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,
                 causal=True, pool="eot"),
       hashing=dict(bits=0, beta_start=1.0, beta_end=10.0),  # bits > 0 adds a hashing head
+      # Parameter-efficient fine-tuning (rsjax/models/peft.py). rank > 0: LoRA, delta
+      # (alpha / rank) A @ B, on these projections (qkv, out, fc1, fc2) of every block of these
+      # towers; dim > 0: a bottleneck adapter of that width after every block. Both start as the
+      # identity; `rsjax export` merges LoRA into the weights (adapters cannot be exported).
+      lora=dict(rank=0, alpha=16.0, targets=("qkv", "out"), towers=("image", "text")),
+      adapter=dict(dim=0, towers=("image", "text")),
   ))
 
 

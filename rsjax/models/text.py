@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from rsjax.errors import ConfigError
 from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
+from rsjax.models.peft import OFF, Settings
 
 PAD_ID = 0
 
@@ -39,6 +40,7 @@ class TextTransformer(nn.Module):
   projection: str = "linear"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF  # LoRA / adapters in the encoder's blocks
 
   @nn.compact
   def __call__(self, ids: jax.Array) -> dict:
@@ -71,7 +73,7 @@ class TextTransformer(nn.Module):
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x, _ = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
-                   self.scan, (), **kw, name="encoder")(x, mask)
+                   self.scan, (), **kw, peft=self.peft, name="encoder")(x, mask)
     x = LayerNorm(**kw, name="ln_final")(x)
     if self.pool == "cls":
       pooled = x[:, 0]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rsjax.models import peft
 from rsjax.models.heads import ContrastiveHead, HashingHead, l2_normalize, pack_codes
 from rsjax.models.text import TextTransformer
 from rsjax.models.vit import VisionTransformer
@@ -31,6 +32,9 @@ class TwoTower(nn.Module):
   hashing head (model.hashing.bits > 0), relaxed codes tanh(beta * z) [B, K] of both modalities.
   """
   config: ml_collections.ConfigDict  # the `model` section of a run config
+  # Towers computing in another dtype than model.dtype, e.g. (("image", "bfloat16"),) for a frozen
+  # image tower under train.frozen_dtype (rsjax/state.py: create_model).
+  tower_dtypes: tuple[tuple[str, str], ...] = ()
 
   def setup(self):
     c = self.config
@@ -38,6 +42,9 @@ class TwoTower(nn.Module):
       raise ConfigError(f"config key 'model.dtype': unknown dtype '{c.dtype}', choose from {sorted(DTYPES)}")
     kw = dict(dtype=DTYPES[c.dtype], param_dtype=jnp.float32, remat=c.remat, scan=c.scan,
               projection=c.projection, activation=c.activation)
+    dtype_of = {tower: DTYPES[name] for tower, name in self.tower_dtypes}
+    image_kw = {**kw, "dtype": dtype_of.get("image", kw["dtype"])}
+    text_kw = {**kw, "dtype": dtype_of.get("text", kw["dtype"])}
     pyramid = c.image.pyramid
     self.image = VisionTransformer(
         width=c.image.width, depth=c.image.depth, heads=c.image.heads,
@@ -45,11 +52,13 @@ class TwoTower(nn.Module):
         stem=c.image.stem, pool=c.image.pool, input_norm=c.image.get("input_norm", "none"),
         input_mean=tuple(c.image.get("input_mean", ())), input_std=tuple(c.image.get("input_std", ())),
         pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
-        pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool, **kw)
+        pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool,
+        peft=peft.settings_for(c, "image"), **image_kw)
     self.text = TextTransformer(
         vocab_size=c.text.vocab_size, context_length=c.text.context_length, width=c.text.width,
         depth=c.text.depth, heads=c.text.heads, embed_dim=c.embed_dim, causal=c.text.causal,
-        pool=c.text.pool, mlp_ratio=c.text.mlp_ratio, **kw)
+        pool=c.text.pool, mlp_ratio=c.text.mlp_ratio, peft=peft.settings_for(c, "text"),
+        **text_kw)
     self.head = ContrastiveHead(init_logit_scale=c.init_logit_scale,
                                 init_logit_bias=c.init_logit_bias, use_bias=c.logit_bias)
     if c.hashing.bits:

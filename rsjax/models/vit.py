@@ -20,6 +20,7 @@ import numpy as np
 from rsjax.errors import ConfigError
 from rsjax.models.heads import ProjectionHead
 from rsjax.models.layers import Dtype, Encoder, LayerNorm, logical
+from rsjax.models.peft import OFF, Settings
 from rsjax.models.pyramid import FeaturePyramid
 from rsjax.pixels import CLIP_MEAN, CLIP_STD
 
@@ -59,6 +60,7 @@ class VisionTransformer(nn.Module):
   input_std: tuple[float, ...] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  peft: Settings = OFF  # LoRA / adapters in the encoder's blocks (not in the pyramid)
 
   def _embed_patches(self, images: jax.Array) -> jax.Array:
     """[B, H, W, C] -> [B, H/p, W/p, D]."""
@@ -115,7 +117,7 @@ class VisionTransformer(nn.Module):
     x = LayerNorm(**kw, name="ln_pre")(x)
     taps = tuple(layer for layer, _ in self.pyramid_levels)
     x, tapped = Encoder(self.depth, self.heads, self.mlp_ratio, self.activation, self.remat,
-                        self.scan, taps, **kw, name="encoder")(x)
+                        self.scan, taps, **kw, peft=self.peft, name="encoder")(x)
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
