@@ -12,7 +12,9 @@ import os
 import platform
 from typing import Sequence
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# RSJAX_BENCH_RESULTS: another folder, e.g. for benchmarks/accelerator_check.sh's parts.
+RESULTS_DIR = os.environ.get("RSJAX_BENCH_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

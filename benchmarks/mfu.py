@@ -97,6 +97,13 @@ def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
+def peak_memory_gib(device) -> float | None:
+  """The device allocator's peak bytes in use so far, in GiB (None where it keeps no count: CPU)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  peak = (stats or {}).get("peak_bytes_in_use")
+  return peak / 2**30 if peak else None
+
+
 def datasheet_chip(device) -> str | None:
   """The rsjax.plan.CHIPS key of a device, from its device_kind (None when not listed)."""
   kind = device.device_kind.lower()
@@ -178,6 +185,7 @@ def main() -> None:
       "MFU_vs_datasheet": achieved / datasheet if datasheet else None,
       "matmul_peak_TFLOP_per_s": measured / 1e12, "MFU_vs_matmul": achieved / measured,
       "compile_s": compile_s, "final_loss": float(loss),
+      "peak_memory_GiB": peak_memory_gib(devices[0]),
   }
   report([row], __file__, {
       "jax": jax.__version__, "peak_source": CHIPS[chip].source if chip else "not in the table",

@@ -7,6 +7,12 @@ current mesh's layout. Before reading any array, a checkpoint is checked against
 for: every parameter whose path or shape differs is named, and so is every differing `model.*` config
 key. A checkpoint that fails the check or cannot be read is refused; `restore_latest(fallback=True)`
 then tries the next older one.
+
+With `async_save` a save copies the state to host memory and returns; orbax writes the files in a
+background thread and renames the directory when every process has finished. A write that fails
+there is reported by the next save, or by `close`, naming the step that was lost; the previous
+checkpoint stays intact either way. The data-iterator item is written in the blocking part, so it
+records the position of the step being saved (rsjax/iterator_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ import json
 import os
 import time
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from rsjax.errors import InputError, RsjaxError
+from rsjax.iterator_checkpoint import IteratorHandler, IteratorPositionError, IteratorRestore, \
+    IteratorSave
 
 
 class CheckpointError(RsjaxError, RuntimeError):
@@ -74,20 +81,22 @@ def _listed(items: list[str], limit: int = 20) -> str:
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager with the three items an rsjax run saves."""
 
-  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, async_save: bool = False):
     self.directory = os.path.abspath(os.fspath(directory))
+    self.pending: int | None = None  # the step an asynchronous save is still writing
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save),
         item_handlers={
             "state": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
+            "data": IteratorHandler(),
             "config": ocp.JsonCheckpointHandler(),
             # Runs with frozen parameters (train.frozen): what they were read from and their
             # digest, since the state holds only the trained ones (rsjax/runs.py).
             "base": ocp.JsonCheckpointHandler(),
         })
+    self._complete = self.manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -95,26 +104,51 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def known_complete_step(self) -> int | None:
+    """The newest step known to be completely written, without asking orbax: its calls may wait
+    on a lock an unfinished background save holds (the step watchdog reads this)."""
+    return self._complete
+
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict,
            base: dict | None = None) -> None:
-    """Writes step `step`; on failure raises CheckpointWriteError naming the step kept.
-    `base`: the frozen parameters' reference (a JSON-able dict), for runs that freeze some."""
+    """Writes step `step` (in the background with async_save); a failed write, of this step or of
+    the previous asynchronous one, raises CheckpointWriteError naming the step lost and the one
+    kept. `base`: the frozen parameters' reference (a JSON-able dict), for runs that freeze some."""
+    self.wait()  # the previous step is complete (or reported) before this one starts
     previous = self.latest_step()
     items = dict(state=ocp.args.StandardSave(state),
-                 data=grain.checkpoint.CheckpointSave(data_iterator),
+                 data=IteratorSave(data_iterator),
                  config=ocp.args.JsonSave(config.to_dict()))
     if base is not None:
       items["base"] = ocp.args.JsonSave(base)
     try:
       self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-      self.manager.wait_until_finished()
     except Exception as e:  # OSError, or the tensorstore/orbax error that wraps one
-      kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
-              else "no earlier checkpoint exists")
-      raise CheckpointWriteError(
-          f"could not write the checkpoint of step {step} to {self.directory}: "
-          f"{type(e).__name__}: {e}\n{kept}; fix the cause (disk space, permissions) and rerun the "
-          "same command to resume") from e
+      raise self._write_error(step, previous, e) from e
+    self.pending = step
+    if not self.manager.is_saving_in_progress():  # written synchronously
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until an asynchronous save has finished; raises CheckpointWriteError if it failed."""
+    if self.pending is None:
+      return
+    step, self.pending = self.pending, None
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:
+      self.manager.reload()
+      raise self._write_error(step, self.latest_step(), e) from e
+    self._complete = step
+
+  def _write_error(self, step: int, kept: int | None, e: Exception) -> "CheckpointWriteError":
+    kept = (f"the previous checkpoint (step {kept}) is intact" if kept is not None
+            else "no earlier checkpoint exists")
+    return CheckpointWriteError(
+        f"could not write the checkpoint of step {step} to {self.directory}: "
+        f"{type(e).__name__}: {e}\n{kept}; fix the cause (disk space, permissions) and rerun the "
+        "same command to resume")
 
   def _json_item(self, step: int, name: str) -> dict | None:
     """A JSON item of checkpoint `step`, or None when the checkpoint has none of that name."""
@@ -177,9 +211,11 @@ class Checkpointer:
     self.check_compatible(step, abstract_state, config)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = IteratorRestore(data_iterator)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except IteratorPositionError as e:
+      raise CheckpointMismatchError(f"checkpoint step {step} in {self.directory}: {e}") from e
     except Exception as e:
       raise CheckpointReadError(
           f"checkpoint step {step} in {self.directory} is unreadable (truncated or corrupt "
@@ -217,10 +253,15 @@ class Checkpointer:
     target = os.path.join(target_dir, f"{step}-{int(time.time())}")
     os.rename(os.path.join(self.directory, str(step)), target)
     self.manager.reload()
+    self._complete = self.manager.latest_step()
     return target
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for an asynchronous save (raising CheckpointWriteError if it failed) and closes."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def abstract_like(tree, shardings):

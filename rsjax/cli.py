@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rsjax {command_name(args)}: interrupted", file=sys.stderr)
     return 130
   except Exception as e:  # noqa: BLE001  every exception ends here, reported by errors.report
-    return errors.report(e, command_name(args), sys.stderr)
+    code = errors.report(e, command_name(args), sys.stderr)
+    if getattr(e, "exit_now", False):  # threads may wait for a lost peer: do not join them
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
+    return code
 
 
 def command_name(args: argparse.Namespace) -> str:

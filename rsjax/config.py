@@ -78,7 +78,12 @@ SHARED_KEYS = {
     # image_tower, text_tower and base (all but LoRA / adapter parameters and the temperature).
     # frozen_dtype "bfloat16": frozen parameters held in bfloat16 on the devices (half their
     # memory), and a tower whose base is frozen as a whole computes in bfloat16.
-    "train": {"frozen": (), "frozen_dtype": "float32"},
+    # async_checkpoints: a save copies the state to host memory and returns; the files are
+    # written in the background while training goes on (benchmarks/checkpoint.py measures the
+    # stall). step_timeout_s: a step (or save) of a multi-process run that takes longer stops
+    # the process with an error naming the step (another process died or hangs); 0: off.
+    "train": {"frozen": (), "frozen_dtype": "float32", "async_checkpoints": True,
+              "step_timeout_s": 600.0},
     # Distillation: a teacher (run workdir or converted folder) whose image-text softmax the
     # student matches, with this weight beside the contrastive loss.
     "distill": {"teacher": "", "weight": 1.0},
@@ -179,6 +184,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 <= t.warmup_steps <= max(t.steps, 1), f"train.warmup_steps ({t.warmup_steps}) must lie in [0, train.steps={t.steps}]")
   _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
   _require(t.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)")
+  _require(t.get("step_timeout_s", 0) >= 0, "train.step_timeout_s must be >= 0 (0: no limit)")
   _require(t.get("nonfinite", "stop") in ("stop", "skip"),
            f"train.nonfinite must be 'stop' or 'skip', got {t.get('nonfinite')!r}")
   frozen = t.get("frozen", ())

@@ -168,6 +168,32 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
           for k, v in batch.items()}
 
 
+def shard_whole_batch(batch: dict, mesh: Mesh) -> dict:
+  """Places a batch that every process holds whole (evaluation and index inputs) as global
+  arrays split over the data-parallel axes; each process fills only its own devices' rows."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_callback(np.shape(v), sharding,
+                                          lambda index, v=np.asarray(v): v[index])
+          for k, v in batch.items()}
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of a multi-process run has reached `barrier(name)`; no-op alone."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a (possibly multi-process) global array as numpy, on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # gathers the other processes' shards
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 # --------------------------------------------------------------------------------------------------
 # Multi-host start-up
 # --------------------------------------------------------------------------------------------------

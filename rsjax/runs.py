@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rsjax import optim, state, trainable
+from rsjax import optim, parallel, state, trainable
 from rsjax.checkpoint import Checkpointer, CheckpointMismatchError
 from rsjax.console import log as console_log
 from rsjax.errors import ConfigError
@@ -85,15 +85,8 @@ def adopt_tokenizer(config, workdir: str, log=console_log) -> None:
     log(f"init: tokenizer {theirs} (the one the init.checkpoint run was trained with)")
 
 
-def _host(x) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
-
-
 def _flat_host(params) -> dict[str, np.ndarray]:
-  return {k: _host(v) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
+  return {k: parallel.to_host(v) if isinstance(v, jax.Array) else np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
 
 
 def starting_params(config, model, mesh, log=console_log):

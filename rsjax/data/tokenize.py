@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 
+from rsjax import parallel
 from rsjax.data.tokenizers import SentencePieceTokenizer, train_sentencepiece
 from rsjax.data.types import EvalSplit
 
@@ -56,6 +58,9 @@ def tokenizer_for(captions: list[str], workdir: str, vocab_size: int,
       raise FileNotFoundError(f"config key 'data.tokenizer_path': no tokenizer model at {model_path}")
     return SentencePieceTokenizer(model_path)
   path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(path):
+  # One process trains it (multi-threaded training need not give every process the same pieces)
+  # and the others read what it wrote; every process passes the barrier, file or not.
+  if jax.process_index() == 0 and not os.path.exists(path):
     train_sentencepiece(captions, path, vocab_size=vocab_size)
+  parallel.barrier("rsjax: tokenizer.model written")
   return SentencePieceTokenizer(path)

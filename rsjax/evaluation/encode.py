@@ -22,7 +22,8 @@ def encode_in_batches(encode: Callable, params, inputs: np.ndarray, batch_size: 
                       mesh: Mesh) -> np.ndarray:
   """Runs a jitted `encode(params, x)` over `inputs` [N, ...] in padded global batches.
 
-  Returns [N, E] float32 on the host."""
+  `inputs` is whole on every process (a multi-process run encodes each batch across all of them);
+  returns [N, E] float32 on the host, on every process."""
   dp = parallel.data_parallel_size(mesh)
   batch_size = max(dp, batch_size // dp * dp)
   out = []
@@ -31,8 +32,8 @@ def encode_in_batches(encode: Callable, params, inputs: np.ndarray, batch_size: 
     pad = batch_size - len(chunk)
     if pad:  # keep one compiled shape; padded rows are dropped below
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)], 0)
-    emb = encode(params, parallel.shard_batch({"x": chunk}, mesh)["x"])
-    out.append(np.asarray(jax.device_get(emb))[: batch_size - pad])
+    emb = encode(params, parallel.shard_whole_batch({"x": chunk}, mesh)["x"])
+    out.append(parallel.to_host(emb)[: batch_size - pad])
   return np.concatenate(out, 0).astype(np.float32)
 
 

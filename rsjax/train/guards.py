@@ -10,12 +10,32 @@ from rsjax.console import log
 from rsjax.errors import RsjaxError
 
 
+class PeerLostError(RsjaxError):
+  """A collective of a multi-process run failed because another process is gone. The command
+  exits at once after the message: orbax's background threads may wait for the lost peer."""
+  exit_now = True
+
+
+def peer_lost(error: Exception, step: int, last_complete: int | None) -> PeerLostError:
+  import jax
+
+  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  kept = (f"the last checkpoint known complete is step {last_complete}"
+          if last_complete is not None else "no checkpoint is complete yet")
+  return PeerLostError(
+      f"step {step}: a collective between the {jax.process_count()} processes failed, so another "
+      f"process has probably died ({first}); {kept}; restart all processes with the same command")
+
+
 class NonFiniteLossError(RsjaxError, FloatingPointError):
   """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (the cloud TPU / SLURM pre-emption notice): the loop checkpoints and exits."""
+  """Set by SIGTERM (the cloud TPU / SLURM pre-emption notice): the loop checkpoints and exits.
+
+  In a multi-process run the notice may reach one host first (or only one): `agreed()` tells
+  every process whether any of them has it, so that all checkpoint the same step and stop."""
 
   def __init__(self):
     self.requested = False
@@ -30,6 +50,16 @@ class PreemptionFlag:
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def agreed(self) -> bool:
+    """Whether any process has received SIGTERM; every process must call it at the same step."""
+    import jax
+
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # an all-gather of one flag per process
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
   def __exit__(self, *exc):
     if self._previous is not None:

@@ -6,6 +6,7 @@ batch is split over the mesh's data-parallel axes; the update is `rsjax.train.st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,8 +24,9 @@ from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
 from rsjax.evaluation.registry import config_evaluators, evaluate_run
 from rsjax.metric_writer import MetricWriter
-from rsjax.train.guards import NonFiniteGuard, PreemptionFlag
+from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, peer_lost
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
+from rsjax.train.watchdog import Watchdog
 from rsjax.errors import ConfigError
 
 
@@ -147,7 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   data, train_iter = open_input(config, workdir)
 
   model, tx = state_lib.create_model(config), optim.make_optimizer(t)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints,
+                      async_save=t.get("async_checkpoints", True))
   begin = restore_or_init(config, model, tx, mesh, ckpt, train_iter)
   start, state, shardings, frozen = begin.step, begin.state, begin.shardings, begin.frozen
   log_trainable(state, frozen)
@@ -174,42 +177,64 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   writer = MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=start)
   guard = NonFiniteGuard(t, ckpt, writer)
   throughput = Throughput(start, t.batch_size)
-  with PreemptionFlag() as preempt, jax.set_mesh(mesh), \
-      nn.logical_axis_rules(parallel.rules_for(config)):
-    for step in range(start + 1, t.steps + 1):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, m = step_fn(state, batch, *step_args)
-      loss = float(jax.block_until_ready(m["loss"]))  # blocking also avoids CPU collective stalls
-      guard.check(step, loss, float(m["grad_norm"]))
+  # Multi-process runs only: one process alone has no peer to wait for.
+  watchdog = Watchdog(t.get("step_timeout_s", 0) if jax.process_count() > 1 else 0,
+                      ckpt.known_complete_step,
+                      f"process {jax.process_index()} of {jax.process_count()}")
+  try:
+    with PreemptionFlag() as preempt, jax.set_mesh(mesh), \
+        nn.logical_axis_rules(parallel.rules_for(config)):
+      for step in range(start + 1, t.steps + 1):
+        # The first step compiles (minutes on a large model): JAX's own heartbeats watch it.
+        try:
+          with watchdog.watch(f"step {step}", timeout_s=0 if step == start + 1 else None):
+            batch = parallel.shard_batch(next(train_iter), mesh)
+            state, m = step_fn(state, batch, *step_args)
+            loss = float(jax.block_until_ready(m["loss"]))  # blocking avoids CPU collective stalls
+            stop = preempt.agreed()  # every process stops at the same step
+        except jax.errors.JaxRuntimeError as e:  # e.g. gloo: "Connection reset by peer"
+          if jax.process_count() == 1:
+            raise
+          raise peer_lost(e, step, ckpt.known_complete_step()) from e
+        guard.check(step, loss, float(m["grad_norm"]))
 
-      if step % t.log_every == 0 or step == t.steps:
-        rate = throughput.rate(step)
-        row = {"step": step, "loss": loss, "lr": float(schedule(step - 1)),
-               **{k: float(v) for k, v in m.items() if k != "loss"}, "images_per_s": rate}
-        writer.write(row)
-        eta = (t.steps - step) * t.batch_size / max(rate, 1e-9)
-        log(f"step {step:>6}/{t.steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
-            f"{rate:7.1f} img/s | eta {eta / 60:.1f} min")
-      if step == start + 1:  # leave compilation out of the images/s figure
-        throughput.restart(step)
+        if step % t.log_every == 0 or step == t.steps:
+          rate = throughput.rate(step)
+          row = {"step": step, "loss": loss, "lr": float(schedule(step - 1)),
+                 **{k: float(v) for k, v in m.items() if k != "loss"}, "images_per_s": rate}
+          writer.write(row)
+          eta = (t.steps - step) * t.batch_size / max(rate, 1e-9)
+          log(f"step {step:>6}/{t.steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
+              f"{rate:7.1f} img/s | eta {eta / 60:.1f} min")
+        if step == start + 1:  # leave compilation out of the images/s figure
+          throughput.restart(step)
 
-      if config.eval.every and step % config.eval.every == 0 and step != t.steps:
-        eval_start = time.perf_counter()
-        periodic = evaluate_run(model, params_of(state), data, config, mesh, split_name="val",
-                                names=("retrieval",))
-        writer.write({"step": step, **{f"val_{k}": v for k, v in periodic.items()}})
-        log(f"step {step:>6}/{t.steps} | val {recall_summary(periodic)}")
-        throughput.pause(time.perf_counter() - eval_start)
+        if config.eval.every and step % config.eval.every == 0 and step != t.steps:
+          eval_start = time.perf_counter()
+          periodic = evaluate_run(model, params_of(state), data, config, mesh, split_name="val",
+                                  names=("retrieval",))
+          writer.write({"step": step, **{f"val_{k}": v for k, v in periodic.items()}})
+          log(f"step {step:>6}/{t.steps} | val {recall_summary(periodic)}")
+          throughput.pause(time.perf_counter() - eval_start)
 
-      due = t.checkpoint_every and step % t.checkpoint_every == 0
-      if due or step == t.steps or preempt.requested:
-        ckpt.save(step, state, train_iter, config, base=begin.base)
-      if preempt.requested:
-        log(f"SIGTERM received: checkpoint written at step {step}; exiting")
+        due = t.checkpoint_every and step % t.checkpoint_every == 0
+        if due or step == t.steps or stop:
+          with watchdog.watch(f"the checkpoint of step {step}"):
+            ckpt.save(step, state, train_iter, config, base=begin.base)
+        if stop:
+          ckpt.close()
+          who = "SIGTERM received" if preempt.requested else "another process received SIGTERM"
+          log(f"{who}: checkpoint written at step {step}; exiting")
+          return {}
+        if crash_after_step == step:
+          raise RuntimeError(f"simulated crash after step {step}")
+  except BaseException as e:
+    if not isinstance(e, PeerLostError):  # an asynchronous save in flight is finished, not lost
+      with contextlib.suppress(Exception):
         ckpt.close()
-        return {}
-      if crash_after_step == step:
-        raise RuntimeError(f"simulated crash after step {step}")
+    raise
+  finally:
+    watchdog.close()
   ckpt.close()
 
   results = evaluate_run(model, params_of(state), data, config, mesh)
