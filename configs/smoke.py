@@ -54,7 +54,9 @@ def get_config(arg=None):
       loss_sharding="ring",  # ring | auto | all_gather (see rsjax/train/step.py)
       triplet_margin=0.2,
       # Hashing terms (used when model.hashing.bits > 0), see rsjax.losses.hashing_loss.
-      hash_weights=dict(contrastive=0.0, similarity=1.0, quantization=0.1, balance=0.01),
+      # decorrelation: the bits' pairwise second moments pushed to 0 (on each prefix as well).
+      hash_weights=dict(contrastive=0.0, similarity=1.0, quantization=0.1, balance=0.01,
+                        decorrelation=0.0),
       # Code lengths below model.hashing.bits trained with the same loss on the leading bits,
       # e.g. (16, 32) for a 64-bit head whose prefixes serve as 16- and 32-bit codes.
       hash_prefix_bits=(),

@@ -7,7 +7,8 @@ are sign(h).
 
 Sections:
   1. contrastive losses on one device (CLIP softmax, SigLIP sigmoid, VSE++ triplet);
-  2. hashing losses (DPSH likelihood, quantization, bit balance, DUCH-style contrastive);
+  2. hashing losses (DPSH likelihood, quantization, bit balance and decorrelation, DUCH-style
+     contrastive);
   3. exact contrastive losses for a batch sharded over devices (a `ppermute` ring, no [B, B]);
   4. the registry `LOSSES` and the dispatchers `contrastive_loss` and `hashing_loss`;
   5. distillation from a teacher's image-text similarities.
@@ -165,6 +166,20 @@ def bit_balance_loss(h: jax.Array) -> jax.Array:
   keeps bits informative (a bit that is always +1 carries no information).
   """
   return jnp.mean(jnp.mean(h, axis=0) ** 2)
+
+
+def bit_decorrelation_loss(h: jax.Array) -> jax.Array:
+  """Bits should not repeat each other: the off-diagonal of the bits' second moments, squared.
+
+  h: [B, K]. Returns sum_{k != l} (mean_i h_ik h_il)^2 / (K (K - 1)): zero when every pair of bits
+  is uncorrelated over the batch (with balanced bits, mean_i h_ik h_il is their covariance). A
+  redundant bit adds nothing to a Hamming distance, which short codes cannot afford; on a nested
+  prefix (train.hash_prefix_bits) the term decorrelates the leading bits among themselves.
+  """
+  k = h.shape[-1]
+  gram = (h.T @ h) / h.shape[0]  # [K, K]
+  off = gram * (1.0 - jnp.eye(k, dtype=gram.dtype))
+  return jnp.sum(off ** 2) / max(k * (k - 1), 1)
 
 
 def nt_xent_loss(a: jax.Array, b: jax.Array, temperature: float = 0.3) -> jax.Array:
@@ -383,7 +398,7 @@ def contrastive_loss(name: str, outputs: Mapping, *, mesh=None, axes=BATCH_AXES,
   return LOSSES[name](outputs, mesh=mesh, axes=axes, margin=margin, positives=positives)
 
 
-HASHING_TERMS = ("contrastive", "similarity", "quantization", "balance")
+HASHING_TERMS = ("contrastive", "similarity", "quantization", "balance", "decorrelation")
 
 
 def hashing_loss(h_image: jax.Array, h_text: jax.Array, weights: Mapping[str, float], *,
@@ -399,12 +414,17 @@ def hashing_loss(h_image: jax.Array, h_text: jax.Array, weights: Mapping[str, fl
                   (e.g. similarity_from_labels(labels, labels))
     quantization  quantization_loss(h_image) + quantization_loss(h_text)
     balance       bit_balance_loss(h_image) + bit_balance_loss(h_text)
+    decorrelation bit_decorrelation_loss(h_image) + bit_decorrelation_loss(h_text)
   """
   weights = dict(weights)
   unknown = sorted(set(weights) - set(HASHING_TERMS))
   if unknown:
     raise ConfigError(f"config key 'train.hash_weights': unknown hashing loss terms {unknown}, "
                       f"choose from {list(HASHING_TERMS)}")
+  negative = sorted(k for k, v in weights.items() if v < 0)
+  if negative:  # a negative balance or decorrelation weight would reward dead, repeated bits
+    raise ConfigError(f"config key 'train.hash_weights.{negative[0]}' must be >= 0, got "
+                      f"{weights[negative[0]]}")
   terms = {}
   if weights.get("contrastive", 0.0):
     terms["contrastive"] = duch_contrastive_loss(h_image, h_text, temperature, h_image_aug,
@@ -417,6 +437,8 @@ def hashing_loss(h_image: jax.Array, h_text: jax.Array, weights: Mapping[str, fl
     terms["quantization"] = quantization_loss(h_image) + quantization_loss(h_text)
   if weights.get("balance", 0.0):
     terms["balance"] = bit_balance_loss(h_image) + bit_balance_loss(h_text)
+  if weights.get("decorrelation", 0.0):
+    terms["decorrelation"] = bit_decorrelation_loss(h_image) + bit_decorrelation_loss(h_text)
   total = sum((weights[k] * v for k, v in terms.items()), jnp.zeros((), jnp.float32))
   return total, terms
 

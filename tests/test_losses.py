@@ -71,6 +71,12 @@ def np_balance(h):
   return np.mean([np.mean(h[:, k]) ** 2 for k in range(h.shape[1])])
 
 
+def np_decorrelation(h):
+  b, k = h.shape
+  vals = [np.mean(h[:, i] * h[:, j]) ** 2 for i in range(k) for j in range(k) if i != j]
+  return np.sum(vals) / (k * (k - 1))
+
+
 def np_nt_xent(a, b, tau):
   u = np.concatenate([a, b])
   u = u / np.linalg.norm(u, axis=1, keepdims=True)
@@ -235,6 +241,19 @@ def test_quantization_and_balance_match_numpy():
   _check(losses.bit_balance_loss, np_balance, [h], (0,))
 
 
+def test_decorrelation_matches_numpy():
+  rng = np.random.default_rng(10)
+  _check(losses.bit_decorrelation_loss, np_decorrelation, [_codes(rng)], (0,))
+  # zero on mutually orthogonal bit columns (Hadamard), positive once two bits repeat each other
+  hadamard = np.array([[1.0]])
+  while hadamard.shape[0] < K:
+    hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+  assert float(losses.bit_decorrelation_loss(jnp.asarray(hadamard, jnp.float32))) == 0.0
+  repeated = hadamard.copy()
+  repeated[:, 2] = repeated[:, 1]
+  assert float(losses.bit_decorrelation_loss(jnp.asarray(repeated, jnp.float32))) > 0.0
+
+
 def test_duch_contrastive_matches_numpy():
   rng = np.random.default_rng(6)
   hi, ht, hia, hta = (_codes(rng, 4, 6) for _ in range(4))
@@ -272,12 +291,14 @@ def test_hashing_loss_combines_weighted_terms():
   rng = np.random.default_rng(9)
   hi, ht = jnp.asarray(_codes(rng)), jnp.asarray(_codes(rng))
   sim = jnp.eye(B)
-  weights = {"contrastive": 1.0, "similarity": 0.5, "quantization": 0.1, "balance": 0.01}
+  weights = {"contrastive": 1.0, "similarity": 0.5, "quantization": 0.1, "balance": 0.01,
+             "decorrelation": 0.2}
   total, terms = losses.hashing_loss(hi, ht, weights, similarity=sim, temperature=0.3)
   expected = (losses.duch_contrastive_loss(hi, ht, 0.3)
               + 0.5 * losses.dpsh_similarity_loss(hi, ht, sim)
               + 0.1 * (losses.quantization_loss(hi) + losses.quantization_loss(ht))
-              + 0.01 * (losses.bit_balance_loss(hi) + losses.bit_balance_loss(ht)))
+              + 0.01 * (losses.bit_balance_loss(hi) + losses.bit_balance_loss(ht))
+              + 0.2 * (np_decorrelation(np.float64(hi)) + np_decorrelation(np.float64(ht))))
   np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
   assert set(terms) == set(weights)
   _, terms = losses.hashing_loss(hi, ht, {"quantization": 1.0, "similarity": 0.0})
@@ -286,6 +307,8 @@ def test_hashing_loss_combines_weighted_terms():
     losses.hashing_loss(hi, ht, {"similarity": 1.0})
   with pytest.raises(ValueError, match="unknown hashing loss terms"):
     losses.hashing_loss(hi, ht, {"quantisation": 1.0})
+  with pytest.raises(ValueError, match="'train.hash_weights.decorrelation' must be >= 0"):
+    losses.hashing_loss(hi, ht, {"decorrelation": -0.1})
 
 
 # ------------------------------------------------------------------ ring-sharded exact losses

@@ -49,7 +49,7 @@ def run(args) -> int:
   from rsjax import atomic, parallel, runs, search_inputs
   from rsjax.console import log
   from rsjax.data.datasets import load_retrieval_data
-  from rsjax.evaluation import labels, registry, zero_shot
+  from rsjax.evaluation import hash_diagnostics, hashing, labels, registry, zero_shot
   from rsjax.evaluation.recalls import format_table
 
   workdir = os.path.abspath(args.workdir)
@@ -73,6 +73,11 @@ def run(args) -> int:
            "num_captions": int(len(ctx.split.tokens)), **found}
     if labels.NAME in out:
       log(f"{name}, {labels.summary(out[labels.NAME])}")
+    diag = out.get(hashing.NAME, {}).get("diagnostics")
+    if diag:  # what a user tuning short codes looks at (docs/evaluation.md)
+      log(f"{name}, hash codes per prefix (|bit mean|: 0 = balanced; |corr|: mean over bit pairs; "
+          f"dead: |bit mean| > {hash_diagnostics.DEAD_BALANCE}; saturated: |tanh(beta_end z)| > "
+          f"{diag['saturation_threshold']}):\n" + hash_diagnostics.summary(diag))
     results["splits"][name] = out
   log(f"retrieval at step {step} (percent):\n" + format_table(
       {name: r["retrieval"] for name, r in results["splits"].items()}))

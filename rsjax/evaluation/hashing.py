@@ -2,7 +2,10 @@
 
 mAP@K, P@K, precision within Hamming radius 2 and the precision-recall curve, with relevance by
 pairing (an image and its own captions) and, on labelled splits, by scene label under the DUCH
-split (20% queries, 80% retrieval set). Queries are ranked on the devices, one tile at a time.
+split (20% queries, 80% retrieval set), also for the leading 16 and 32 bits (`prefix`: the nested
+codes of train.hash_prefix_bits). Queries are ranked on the devices, one tile at a time. With the
+metrics come the codes' diagnostics (rsjax/evaluation/hash_diagnostics.py): bit balance, bit
+correlation per prefix and the fraction of saturated units.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import metrics
+from rsjax.evaluation import hash_diagnostics
+from rsjax.evaluation.encode import encode_in_batches
 from rsjax.evaluation.recalls import tiles
+from rsjax.pixels import normalize_images
 
 NAME = "hashing"
+PREFIX_BITS = (16, 32, 64)  # leading code lengths scored by label (those shorter than K)
 
 
 @functools.partial(jax.jit, static_argnames=("ks", "bits"))
@@ -68,7 +75,9 @@ def evaluate_hashing(img_codes: np.ndarray, txt_codes: np.ndarray, text_to_image
 
   Relevance by pairing over the whole split (an image and its own captions). With scene labels
   [M] also relevance by label under the DUCH split: image queries against the captions of the
-  retrieval images, and captions of the query images against the retrieval images."""
+  retrieval images, and captions of the query images against the retrieval images; and the same
+  mAP@20 for each leading prefix of PREFIX_BITS shorter than the code (`prefix`: {bits: {i2t,
+  t2i}})."""
   m = len(img_codes)
   own = np.arange(m)
   out = {"pairing": {
@@ -85,7 +94,35 @@ def evaluate_hashing(img_codes: np.ndarray, txt_codes: np.ndarray, text_to_image
                                text_labels[db_txt], tile),
         "t2i": hashing_metrics(txt_codes[q_txt], img_codes[retrieval], text_labels[q_txt],
                                labels[retrieval], tile)}
+    out["prefix"] = {}
+    for bits in (b for b in PREFIX_BITS if b < img_codes.shape[1]):
+      i2t = hashing_metrics(img_codes[queries, :bits], txt_codes[db_txt, :bits], labels[queries],
+                            text_labels[db_txt], tile, ks=(20,))
+      t2i = hashing_metrics(txt_codes[q_txt, :bits], img_codes[retrieval, :bits],
+                            text_labels[q_txt], labels[retrieval], tile, ks=(20,))
+      out["prefix"][str(bits)] = {"i2t": i2t["map@20"], "t2i": t2i["map@20"]}
   return out
+
+
+def relaxed_image_codes(ctx, beta: float) -> np.ndarray:
+  """tanh(beta * z) of the split's images [M, K] (the training relaxation at sharpness beta)."""
+  model = ctx.model
+  fn = jax.jit(lambda p, x: model.apply(
+      {"params": p}, normalize_images(x),
+      method=lambda m, x: m.image_hash(m.image(x)["embedding"], beta)))
+  with jax.set_mesh(ctx.mesh):
+    return encode_in_batches(fn, ctx.params, ctx.split.images, ctx.batch_size, ctx.mesh)
+
+
+def diagnostics(ctx) -> dict:
+  """hash_diagnostics of the split's image and text codes; saturation of the image units at the
+  run's final sharpness model.hashing.beta_end."""
+  enc = ctx.encodings
+  relaxed = relaxed_image_codes(ctx, float(ctx.model.config.hashing.beta_end))
+  return {"image": hash_diagnostics.code_diagnostics(enc.image_signs, PREFIX_BITS, relaxed),
+          "text": hash_diagnostics.code_diagnostics(enc.text_signs, PREFIX_BITS),
+          "beta": float(ctx.model.config.hashing.beta_end),
+          "saturation_threshold": hash_diagnostics.SATURATION}
 
 
 def unavailable(ctx) -> str | None:
@@ -99,10 +136,20 @@ def evaluate(ctx) -> dict:
   out = evaluate_hashing(enc.image_signs, enc.text_signs, ctx.split.text_to_image,
                          ctx.image_labels)
   out["bits"] = enc.bits
+  out["diagnostics"] = diagnostics(ctx)
   return out
 
 
 def summary(result: dict) -> str:
   m = result["pairing"]
-  return (f"{result['bits']}-bit codes, relevance by pairing (percent): mAP@20 i2t "
+  line = (f"{result['bits']}-bit codes, relevance by pairing (percent): mAP@20 i2t "
           f"{m['i2t']['map@20']:.2f}, t2i {m['t2i']['map@20']:.2f}")
+  if "label" in result:
+    per = [f"{b} bits i2t {v['i2t']:.2f} t2i {v['t2i']:.2f}"
+           for b, v in result.get("prefix", {}).items()]
+    per.append(f"{result['bits']} bits i2t {result['label']['i2t']['map@20']:.2f} "
+               f"t2i {result['label']['t2i']['map@20']:.2f}")
+    line += "; relevance by label, mAP@20: " + ", ".join(per)
+  if "diagnostics" in result:
+    line += "\n" + hash_diagnostics.summary(result["diagnostics"])
+  return line
