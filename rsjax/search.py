@@ -29,6 +29,10 @@ DENSE_BLOCK_SCORES = 1 << 24  # scores per BLAS call ([Q, rows] float32, 64 MiB)
 # for all of them); smaller batches scan the rows in place, split across threads.
 GROUPED_QUERIES_PER_THREAD = 4
 MIN_BLOCK_ROWS = 16384  # index rows per BLAS call at the least (query batches are split to fit)
+# float16 rows and at most this many queries: usearch's exact float16 scan (see
+# _dense_topk_usearch), which measured faster here than widening rows for BLAS.
+USEARCH_MAX_QUERIES = 8
+USEARCH_MIN_ROWS = 4096
 
 
 def pack_words(packed: np.ndarray) -> np.ndarray:
@@ -103,9 +107,12 @@ def hamming_distances(db_words: np.ndarray, query_words: np.ndarray) -> np.ndarr
   return out
 
 
-def dense_topk(db: np.ndarray, queries: np.ndarray, k: int,
-               block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def dense_topk(db: np.ndarray, queries: np.ndarray, k: int, block_rows: int | None = None,
+               unit_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Exact inner-product top-k. db [N, D] float32 or float16, queries [Q, D].
+
+  unit_rows: the rows have unit norm (an index's do), which lets a few queries over float16 rows
+  go through usearch's exact scan with a proof of exactness (_dense_topk_usearch).
 
   Returns (scores [Q, k] float32, row indices [Q, k] int64); slots past N hold -1 / -inf."""
   k = _check_k(k)
@@ -114,9 +121,14 @@ def dense_topk(db: np.ndarray, queries: np.ndarray, k: int,
     raise InputError(f"query vectors have dimension {q.shape[1]}, the index {db.shape[1:]}: the "
                      "queries come from another model than the index; encode them with the "
                      "index's model")
+  if (unit_rows and db.dtype == np.float16 and len(q) <= USEARCH_MAX_QUERIES
+      and len(db) >= USEARCH_MIN_ROWS):
+    found = _dense_topk_usearch(db, q, k)
+    if found is not None:
+      return found
   max_queries = DENSE_BLOCK_SCORES // MIN_BLOCK_ROWS
   if len(q) > max_queries:  # a query batch of any size: score matrices stay DENSE_BLOCK_SCORES
-    parts = [dense_topk(db, q[i: i + max_queries], k, block_rows)
+    parts = [dense_topk(db, q[i: i + max_queries], k, block_rows, unit_rows)
              for i in range(0, len(q), max_queries)]
     return np.concatenate([s for s, _ in parts]), np.concatenate([r for _, r in parts])
   # Large blocks keep BLAS efficient; small queries batches scan the whole index in one call.
@@ -132,16 +144,59 @@ def dense_topk(db: np.ndarray, queries: np.ndarray, k: int,
   return best_s, best_i
 
 
+def _dense_topk_usearch(db: np.ndarray, q: np.ndarray, k: int):
+  """Exact top-k of a few queries over float16 rows through usearch's exact scan, or None where
+  its result cannot be proven exact (then the caller scans itself).
+
+  usearch's SIMD float16 dot products (accumulated in float32) beat widening the rows to float32
+  for BLAS when the batch is small (benchmarks/search.py). It needs the query in float16 too,
+  which moves each score by at most 2^-11 |q| |x| (rounding of each query coordinate, Cauchy-
+  Schwarz). So: take C > k candidates by the float16 query, re-score them with the float32 query
+  exactly as the BLAS path does, and accept when even the best row left out (float16 score at most
+  the C-th) could not reach the k-th exact score within that bound."""
+  try:
+    from usearch.index import MetricKind
+    from usearch.index import search as usearch_search
+  except ImportError:
+    return None
+  depth = min(len(db), max(4 * k, k + 32))
+  found = usearch_search(db, q.astype(np.float16), depth, MetricKind.IP, exact=True,
+                         threads=kernels.num_threads())
+  keys = np.atleast_2d(found.keys).astype(np.int64)
+  first_pass = 1.0 - np.atleast_2d(found.distances).astype(np.float64)
+  keys = np.where(keys < len(db), keys, -1)
+  vectors = np.asarray(db[np.maximum(keys, 0).reshape(-1)], np.float32).reshape(*keys.shape, -1)
+  exact = np.einsum("qcd,qd->qc", vectors, q).astype(np.float32)
+  exact = np.where(keys < 0, -np.inf, exact)
+  scores, rows = _merge_sorted(exact, keys, k, descending=True)
+  if depth < len(db):
+    # Rows of unit norm (1 + 2^-11 at most after float16 rounding); twice the bound, for margin.
+    slack = 2.0 ** -10 * np.linalg.norm(q, axis=1) * 1.01 + db.shape[1] * 2.0 ** -22
+    left_out_best = first_pass[:, -1] + slack  # no row outside the candidates scores above this
+    if not np.all(left_out_best < scores[:, -1]):
+      return None
+  return scores.astype(np.float32), rows
+
+
 def rerank(db: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
   """Re-orders candidate rows [Q, C] (-1 = none) by dense inner product; returns the k best.
 
   db [N, D], queries [Q, D] float. Returns (scores [Q, k] float32, rows [Q, k] int64)."""
-  k = _check_k(k)
-  q = np.atleast_2d(np.asarray(queries, np.float32))
   cand = np.atleast_2d(candidates)
   safe = np.where(cand < 0, 0, cand)
   vectors = np.asarray(db[safe.reshape(-1)], np.float32).reshape(*cand.shape, -1)
+  return rerank_vectors(vectors, queries, cand, k)
+
+
+def rerank_vectors(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+  """rerank with the candidates' vectors already gathered: vectors [Q, C, D], queries [Q, D],
+  candidates [Q, C] (-1 = none). Returns (scores [Q, k] float32, rows [Q, k] int64)."""
+  k = _check_k(k)
+  q = np.atleast_2d(np.asarray(queries, np.float32))
+  cand = np.atleast_2d(candidates)
+  vectors = np.asarray(vectors, np.float32)
   scores = np.einsum("qcd,qd->qc", vectors, q).astype(np.float32)
   scores = np.where(cand < 0, -np.inf, scores).astype(np.float32)
   return _merge_sorted(scores, cand.astype(np.int64), k, descending=True)

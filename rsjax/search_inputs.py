@@ -76,24 +76,44 @@ def load_image(path: str, size: int) -> np.ndarray:
   return decode.decode_resized(decode.read_bytes(path), size, name=path)
 
 
-def batches(paths: list[str], size: int, batch: int,
-            bad: records.BadRecords | None = None) -> Iterator[tuple[np.ndarray, list[str]]]:
+def batches(paths: list[str], size: int, batch: int, bad: records.BadRecords | None = None,
+            workers: int = 1) -> Iterator[tuple[np.ndarray, list[str]]]:
   """(decoded images [b, size, size, 3] uint8, their paths), `batch` paths at a time.
 
-  A file that cannot be read stops with its name, or with `bad` is added to it and left out (a
-  batch may then be smaller, or empty: [0, size, size, 3])."""
-  for start in range(0, len(paths), batch):
-    images, kept = [], []
-    for p in paths[start: start + batch]:
-      try:
-        images.append(load_image(p, size))
-      except records.BadRecordError as e:
-        if bad is None:
-          raise type(e)(f"{e}; {SKIP_HINT}") from None
-        bad.add(p, e)
-        continue
-      kept.append(p)
-    yield (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept
+  `workers` threads read and decode (the data layer's decoders, rsjax/data/decode.py: PIL and
+  tifffile release the GIL) while the caller encodes the previous batch: the next batch is in
+  flight before this one is yielded. A file that cannot be read stops with its name, or with
+  `bad` is added to it and left out (a batch may then be smaller, or empty: [0, size, size, 3])."""
+  import concurrent.futures
+
+  def one(p):
+    try:
+      return load_image(p, size), None
+    except records.BadRecordError as e:
+      return None, e
+
+  starts = range(0, len(paths), batch)
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    def submit(start):
+      return [(p, pool.submit(one, p)) for p in paths[start: start + batch]]
+
+    pending = submit(starts[0]) if starts else []
+    for n in range(len(starts)):
+      current = pending
+      pending = submit(starts[n + 1]) if n + 1 < len(starts) else []
+      images, kept = [], []
+      for p, future in current:
+        image, error = future.result()
+        if error is not None:
+          if bad is None:
+            for _, f in pending:
+              f.cancel()
+            raise type(error)(f"{error}; {SKIP_HINT}") from None
+          bad.add(p, error)
+          continue
+        images.append(image)
+        kept.append(p)
+      yield (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept
 
 
 def class_names_for(path: str, labels: list[str]) -> list[str]:

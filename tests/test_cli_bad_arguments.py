@@ -135,6 +135,13 @@ ROWS = {
     "search: empty folder as index": (lambda p: ["search", p.empty, "a port"], 2, ["{empty}"]),
     "search: text file as index": (lambda p: ["search", p.text, "a port"], 2, ["notes.txt"]),
     "search: run folder as index": (lambda p: ["search", p.run, "a port"], 2, ["{run}"]),
+    # serve
+    "serve: --port abc (argparse)": (lambda p: ["serve", p.empty, "--port", "abc"],
+                                     2, ["--port", "abc"]),
+    "serve: --port 70000": (lambda p: ["serve", p.empty, "--port", "70000"], 2, ["--port"]),
+    "serve: index folder missing": (lambda p: ["serve", p.missing], 2, ["{missing}"]),
+    "serve: empty folder as index": (lambda p: ["serve", p.empty], 2, ["{empty}"]),
+    "serve: run folder as index": (lambda p: ["serve", p.run], 2, ["{run}"]),
     # report
     "report: run folder missing": (lambda p: ["report", p.missing], 2, ["{missing}"]),
     "report: empty run folder": (lambda p: ["report", p.empty], 2, ["{empty}"]),

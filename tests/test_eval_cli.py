@@ -95,11 +95,11 @@ def test_index_search_append_and_refusals(run_dir, shared_data, tmp_path, capsys
                "--append")
   assert code == 2 and "another model" in capsys.readouterr().err
   # A damaged index is refused by search with the file named.
-  with open(out / "chunk_00001.npz", "r+b") as f:
+  with open(out / "chunk_00001.dense.npy", "r+b") as f:
     f.seek(200)
     f.write(b"\x00\x01\x02")
   assert rsjax("search", out, "a lake") == 2
-  assert "chunk_00001.npz is corrupt" in capsys.readouterr().err
+  assert "chunk_00001.dense.npy is corrupt" in capsys.readouterr().err
 
 
 def test_interrupted_index_run_resumes_instead_of_restarting(run_dir, shared_data, tmp_path,

@@ -82,7 +82,7 @@ def test_append_with_another_model_is_refused(tmp_path):
 
 
 def corrupt_cases(out):
-  arrays = os.path.join(out, "chunk_00000.npz")
+  arrays = os.path.join(out, "chunk_00000.dense.npy")
 
   def flip_byte():
     with open(arrays, "r+b") as f:
@@ -138,3 +138,83 @@ def test_index_without_codes_refuses_binary_search(tmp_path):
   with pytest.raises(index.IndexFileError, match="no binary codes"):
     loaded.words
   assert loaded.search(dense[:1], k=1)[1][0, 0] == 0
+
+
+def _is_memory_mapped(arr) -> bool:
+  import mmap
+  base = arr
+  while base is not None:
+    if isinstance(base, (np.memmap, mmap.mmap)):
+      return True
+    base = getattr(base, "base", None)
+  return False
+
+
+def test_chunks_are_memory_mapped_and_searched_chunk_by_chunk(tmp_path):
+  rng = np.random.default_rng(5)
+  out = str(tmp_path / "idx")
+  parts = [random_rows(rng, n, bits=64) for n in (300, 1, 250)]
+  all_paths = []
+  for n, (paths, dense, codes) in enumerate(parts):
+    paths = [p.replace("img", f"c{n}") for p in paths]
+    all_paths += paths
+    index.write_chunk(out, identity(bits=64), paths, dense, codes, "float32", append=n > 0)
+  loaded = index.load(out)
+  assert len(loaded.chunks) == 3 and loaded.paths == all_paths
+  assert all(_is_memory_mapped(d) and _is_memory_mapped(c) for d, c in loaded.chunks)
+  # 64-bit codes: the popcount words are a view of the map, not a copy.
+  assert all(_is_memory_mapped(w) for w in loaded.chunk_words())
+  dense = np.concatenate([p[1] for p in parts])
+  codes = np.concatenate([p[2] for p in parts])
+  whole = index.Index(meta={"bits": 64, "dim": 8}, paths=all_paths, dense=dense, codes=codes)
+  q_dense = rng.normal(size=(4, 8)).astype(np.float32)
+  q_codes = rng.integers(0, 256, size=(4, 8), dtype=np.uint8)
+  subset = np.sort(rng.choice(len(all_paths), 120, replace=False))
+  for kwargs in ({"binary": False}, {"binary": True}, {"binary": True, "rerank": 40}):
+    a = loaded.search(q_dense, q_codes, k=10, **kwargs)
+    b = whole.search(q_dense, q_codes, k=10, **kwargs)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    # A row filter (the geographic one): the k best among the subset's rows only.
+    got = loaded.search(q_dense, q_codes, k=10, subset=subset, **kwargs)[1]
+    sub = index.Index(meta={"bits": 64, "dim": 8}, paths=[all_paths[i] for i in subset],
+                      dense=dense[subset], codes=codes[subset])
+    np.testing.assert_array_equal(got, subset[sub.search(q_dense, q_codes, k=10, **kwargs)[1]])
+  empty = loaded.search(q_dense, k=5, subset=np.zeros(0, np.int64))
+  assert (empty[1] == -1).all()
+
+
+def test_footprints_are_stored_only_where_known(tmp_path):
+  rng = np.random.default_rng(6)
+  paths, dense, codes = random_rows(rng, 4)
+  boxes = np.full((4, 4), np.nan)
+  boxes[1] = (2.0, 48.0, 2.1, 48.1)
+  index.write_chunk(str(tmp_path / "a"), identity(), paths, dense, codes, footprints=boxes)
+  np.testing.assert_array_equal(index.load(str(tmp_path / "a")).footprints, boxes)
+  index.write_chunk(str(tmp_path / "b"), identity(), paths, dense, codes,
+                    footprints=np.full((4, 4), np.nan))
+  assert index.load(str(tmp_path / "b")).footprints is None
+  assert not any("geo" in c["arrays"] for c in index.read_meta(str(tmp_path / "b"))["chunks"])
+
+
+def test_version_1_index_is_still_read_and_appended_to(tmp_path):
+  """The earlier format (one .npz per chunk): read into memory; an append adds a version 2 chunk."""
+  rng = np.random.default_rng(7)
+  out = tmp_path / "old"
+  out.mkdir()
+  paths, dense, codes = random_rows(rng, 30)
+  np.savez(out / "chunk_00000.npz", dense=dense.astype(np.float16), codes=codes)
+  json.dump(paths, open(out / "chunk_00000.json", "w"))
+  files = {n: index.file_record(str(out), n) for n in ("chunk_00000.npz", "chunk_00000.json")}
+  meta = {"format": index.FORMAT, "version": 1, "model": identity(), "dense_dtype": "float16",
+          "dim": 8, "bits": 32, "chunks": [{"rows": 30, "arrays": "chunk_00000.npz",
+                                             "paths": "chunk_00000.json", "files": files}]}
+  json.dump(meta, open(out / "index.json", "w"))
+  old = index.load(str(out))
+  np.testing.assert_array_equal(old.codes, codes)
+  p2, d2, c2 = random_rows(rng, 5)
+  index.write_chunk(str(out), identity(), [p.replace("img", "new") for p in p2], d2, c2,
+                    append=True)
+  both = index.load(str(out))
+  assert both.meta["version"] == 2 and len(both) == 35
+  np.testing.assert_array_equal(both.codes, np.concatenate([codes, c2]))

@@ -287,3 +287,31 @@ def test_every_record_of_a_global_batch_is_read_by_exactly_one_process(workers):
     assert sorted(a + b) == sorted(whole[step]) and len(set(whole[step])) == global_batch
   epoch = [i for step in whole[:5] for i in step]
   assert sorted(epoch) == list(range(n))  # an epoch reads every record once
+
+
+def test_multi_process_index_equals_the_single_process_one(pair):
+  """`rsjax index` across 2 processes writes (from process 0 alone) the index one process
+  writes: the same images in the same order, the same vectors."""
+  from PIL import Image
+
+  from rsjax import index
+  from rsjax.cli import main
+
+  tmp, one, _, _, _ = pair
+  images = tmp / "archive"
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(10):
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+  base = ["index", "--config", SMOKE, "--checkpoint", str(one), "--images", str(images),
+          "--chunk-size", "4", "--batch-size", "4", "--quiet", *cli_sets(*COMMON)]
+  assert main([*base, "--out", str(tmp / "index_one")]) == 0
+  out = tmp / "index_two"
+  cluster = LocalCluster(2, [*base, "--out", str(out)], devices_per_process=1,
+                         env=_env(tmp, out), log_dir=str(tmp / "logs-index"), echo=False)
+  assert cluster.wait(timeout_s=300) == 0, _logs(cluster)
+  want, got = index.load(str(tmp / "index_one")), index.load(str(out))
+  assert got.paths == want.paths and len(got.paths) == 10
+  np.testing.assert_allclose(np.asarray(got.dense, np.float32), np.asarray(want.dense, np.float32),
+                             atol=2e-3)  # float16 storage
+  assert not (tmp / "writes.log").exists(), (tmp / "writes.log").read_text()

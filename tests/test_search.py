@@ -1,5 +1,7 @@
 """Exact search (host kernels and the device-sharded path) against NumPy references, ties included."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -99,3 +101,55 @@ def test_sharded_search_matches_host_search():
     want_s, want_i = ref_topk(q_dense @ dense.T, k, descending=True)
     np.testing.assert_array_equal(i, want_i)
     np.testing.assert_array_equal(s, want_s)
+
+
+def test_ann_graph_finds_the_exact_neighbours_and_is_dropped_by_an_append(tmp_path):
+  """usearch HNSW over 3,000 clustered vectors: recall@10 against exact search near 1; the
+  graph is refused once an append leaves rows outside it."""
+  import json
+
+  from rsjax import index, search_ann
+
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(30, 32))
+  dense = (centers[rng.integers(0, 30, 3000)] + 0.5 * rng.normal(size=(3000, 32))).astype(np.float32)
+  dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+  ident = {"config": {"model": {"hashing": {"bits": 0}}}, "checkpoint": "/c", "step": 1,
+           "params_digest": "d", "tokenizer": None, "tokenizer_digest": None}
+  out = str(tmp_path / "idx")
+  index.write_chunk(out, ident, [f"/a/{i}.png" for i in range(2000)], dense[:2000], None)
+  index.write_chunk(out, ident, [f"/a/{i}.png" for i in range(2000, 3000)], dense[2000:], None,
+                    append=True)
+  search_ann.build(index.load(out), log=lambda _: None)
+  idx = search_ann.load(out)
+  q = dense[rng.choice(3000, 50, replace=False)] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
+  exact = idx.search(q, k=10)[1]
+  approx_scores, approx = idx.search(q, k=10, ann=True)
+  recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+  assert recall >= 0.95, recall
+  np.testing.assert_allclose(approx_scores[:, 0], idx.search(q, k=1)[0][:, 0], atol=2e-2)
+  subset = np.arange(0, 3000, 7)
+  filtered = idx.search(q, k=10, ann=True, subset=subset)[1]
+  assert np.isin(filtered[filtered >= 0], subset).all()
+  index.write_chunk(out, ident, ["/a/new.png"], dense[:1], None, append=True)
+  assert "ann" not in json.load(open(os.path.join(out, "index.json")))
+  with pytest.raises(index.IndexFileError, match="rsjax index --ann"):
+    search_ann.load(out)
+
+
+def test_float16_rows_few_queries_through_usearch_are_exact():
+  """Few queries over float16 unit rows go through usearch's exact scan, proven exact or else
+  scanned by rsjax: the same rows as the BLAS path, and ties still go to the lower row."""
+  rng = np.random.default_rng(3)
+  db = rng.normal(size=(search.USEARCH_MIN_ROWS + 500, 64)).astype(np.float32)
+  db = (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float16)
+  q = rng.normal(size=(3, 64)).astype(np.float32)
+  assert search._dense_topk_usearch(db, q, 10) is not None  # this case takes the usearch path
+  fast = search.dense_topk(db, q, 10, unit_rows=True)
+  blas = search.dense_topk(db, q, 10)
+  np.testing.assert_array_equal(fast[1], blas[1])
+  np.testing.assert_allclose(fast[0], blas[0], rtol=1e-5)
+  tied = np.repeat(db[:1], len(db), 0)  # every row the same: no proof, rsjax's scan decides
+  assert search._dense_topk_usearch(tied, q, 10) is None
+  np.testing.assert_array_equal(search.dense_topk(tied, q, 10, unit_rows=True)[1],
+                                np.tile(np.arange(10), (3, 1)))

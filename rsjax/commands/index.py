@@ -18,16 +18,20 @@ def run(args) -> int:
   from rsjax.data import records
   from rsjax.errors import InputError
   from rsjax.evaluation import encode
+  from rsjax.serve import geo
 
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise InputError(f"--out {args.out} is a file, not an index folder")
   tokenizer = runs.tokenizer_path(args.checkpoint, args.tokenizer)
-  if args.chunk_size < 1 or args.batch_size < 1:
-    raise InputError(f"--chunk-size and --batch-size must be >= 1, got {args.chunk_size} and "
-                     f"{args.batch_size}")
+  if args.chunk_size < 1 or args.batch_size < 1 or args.workers < 1:
+    raise InputError(f"--chunk-size, --batch-size and --workers must be >= 1, got "
+                     f"{args.chunk_size}, {args.batch_size} and {args.workers}")
+  parallel.initialize_distributed()  # a multi-host launch: every process encodes, process 0 writes
+  writer = jax.process_index() == 0
   paths = search_inputs.list_images(args.images, skip_bad=args.skip_bad)
   resume = _unfinished_run(args.out, paths)
   exists = os.path.exists(os.path.join(args.out, "index.json"))
+  parallel.barrier("rsjax index: the index folder read")  # before process 0 writes to it
   if resume is None and args.append and not exists:
     raise index.IndexFileError(f"--append: {args.out} holds no index yet")
   if resume is None and not args.append and exists:
@@ -40,7 +44,7 @@ def run(args) -> int:
   if exists:  # refuse a mismatched model before encoding anything
     index.check_identity(index.read_meta(args.out), identity, args.out)
   done = resume or 0
-  if done:
+  if done and writer:
     print(f"index {args.out}: resuming an unfinished run of these {len(paths)} images at image "
           f"{done}", flush=True)
   enc_img, _ = encode.encoders(model)
@@ -53,14 +57,14 @@ def run(args) -> int:
   # One chunk per --chunk-size images, each written atomically with index.json last: a run that
   # is interrupted keeps every finished chunk, and the same command resumes after the last one.
   with jax.set_mesh(mesh), tqdm(total=len(paths), initial=done, unit="img", desc="index",
-                                disable=args.quiet) as bar:
+                                disable=args.quiet or not writer) as bar:
     for lo in range(done, len(paths), args.chunk_size):
       chunk_paths = paths[lo: lo + args.chunk_size]
       # Rows of a chunk whose images were all skipped: empty arrays of the model's widths.
       dense, codes, kept = [np.zeros((0, config.model.embed_dim), np.float32)], [], []
       if hash_img is not None:
         codes.append(np.zeros((0, -(-bits // 8)), np.uint8))
-      batches = search_inputs.batches(chunk_paths, size, args.batch_size, bad)
+      batches = search_inputs.batches(chunk_paths, size, args.batch_size, bad, args.workers)
       for start, (images, batch_paths) in zip(range(0, len(chunk_paths), args.batch_size),
                                               batches):
         bar.update(len(chunk_paths[start: start + args.batch_size]))  # skipped ones included
@@ -72,25 +76,34 @@ def run(args) -> int:
           codes.append(encode.encode_in_batches(hash_img, params, images, args.batch_size,
                                                 mesh).astype(np.uint8))
       finished = lo + len(chunk_paths) == len(paths)
-      if not kept and not os.path.exists(os.path.join(args.out, "index.json")):
-        continue  # no index is started with an empty chunk
+      if not writer or (not kept and not os.path.exists(os.path.join(args.out, "index.json"))):
+        added += len(kept)
+        continue  # process 0 writes; no index is started with an empty chunk
       meta = index.write_chunk(
           args.out, identity, kept, np.concatenate(dense),
           np.concatenate(codes) if codes else None, args.dtype,
           append=os.path.exists(os.path.join(args.out, "index.json")),
-          building=None if finished else {**building, "done": lo + len(chunk_paths)})
+          building=None if finished else {**building, "done": lo + len(chunk_paths)},
+          footprints=geo.footprints_for(kept, args.images))
       added += len(kept)
+  if not writer:
+    return 0
   if bad is not None and len(bad):
     log(bad.summary())
   if meta is None:
     raise records.NoRecordsError(f"{args.images}: no images to index: all {len(paths)} were bad "
                                  f"({bad.kinds()}; listed above)" if bad else
                                  f"no images to add in {args.images}")
+  if args.ann:
+    from rsjax import search_ann
+    meta = search_ann.build(index.load(args.out, verify=False),
+                            log=(lambda _: None) if args.quiet else log)
   total = sum(c["rows"] for c in meta["chunks"])
   print(f"index {args.out}: {added} images added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "
         f"{'%d-bit codes' % meta['bits'] if meta['bits'] else 'no binary codes'}; "
-        f"model step {step}" + (f"; {len(bad)} bad image(s) skipped" if bad else ""))
+        f"model step {step}" + (f"; {len(bad)} bad image(s) skipped" if bad else "")
+        + ("; approximate-search graph (usearch HNSW) built" if args.ann else ""))
   return 0
 
 
@@ -126,6 +139,12 @@ def register(sub) -> None:
   p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
                  help="storage of the dense vectors (default float16)")
   p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                 help="threads reading and decoding images while the model encodes (default "
+                 "min(4, CPUs))")
+  p.add_argument("--ann", action="store_true",
+                 help="also build an approximate-search graph (usearch HNSW) over all dense rows, "
+                 "for `rsjax search --ann` / large archives")
   p.add_argument("--chunk-size", type=int, default=20000,
                  help="images per chunk file; an interrupted run resumes after the last chunk")
   p.add_argument("--tokenizer", default=None,

@@ -24,7 +24,13 @@ def run(args) -> int:
   empty = [i + 1 for i, q in enumerate(args.query) if not q.strip()]
   if empty:
     raise InputError(f"query {', '.join(map(str, empty))} is empty; give some text to search for")
-  idx = index.load(args.index, verify=not args.no_verify)
+  if args.ann and args.binary:
+    raise InputError("--ann searches the dense vectors approximately; drop --binary or --ann")
+  if args.ann:
+    from rsjax import search_ann
+    idx = search_ann.load(args.index, verify=not args.no_verify)
+  else:
+    idx = index.load(args.index, verify=not args.no_verify)
   meta = idx.meta["model"]
   if args.binary and idx.codes is None:
     raise index.IndexFileError(f"index {args.index} has no binary codes (built with a model "
@@ -54,11 +60,11 @@ def run(args) -> int:
       q_codes = encode.encode_in_batches(encode.hash_encoders(model)[1], params, tokens,
                                            len(tokens), mesh).astype(np.uint8)
   sharded = None
-  if args.sharded or (args.sharded is None and jax.default_backend() != "cpu"):
+  if not args.ann and (args.sharded or (args.sharded is None and jax.default_backend() != "cpu")):
     sharded = search.ShardedSearch(search.rows_mesh(), dense=idx.dense if not args.binary else None,
                                    words=idx.words if args.binary else None, bits=idx.bits or None)
   scores, rows = idx.search(q_dense, q_codes, k=args.k, binary=args.binary,
-                            rerank=args.rerank if args.binary else 0, sharded=sharded)
+                            rerank=args.rerank if args.binary else 0, sharded=sharded, ann=args.ann)
   label = "hamming" if args.binary and not args.rerank else "score"
   results = []
   for qi, text in enumerate(args.query):
@@ -99,6 +105,9 @@ def register(sub) -> None:
                  help="with --binary: re-rank the N nearest codes by dense score")
   p.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=None,
                  help="split the index rows across the devices (default: on accelerators)")
+  p.add_argument("--ann", action="store_true",
+                 help="approximate dense search through the index's HNSW graph (built by "
+                 "`rsjax index --ann`): faster on large archives, recall@10 below 1")
   p.add_argument("--json", action="store_true", help="print JSON instead of a table")
   p.add_argument("--no-verify", action="store_true", help="skip the CRC-32 check of the files")
   p.set_defaults(run=run)
