@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     return 130
   except Exception as e:  # noqa: BLE001  every exception ends here, reported by errors.report
     code = errors.report(e, command_name(args), sys.stderr)
-    if getattr(e, "exit_now", False):  # threads may wait for a lost peer: do not join them
+    # In a multi-process run, orbax's and JAX's threads may wait for a lost peer: do not join them.
+    distributed = getattr(sys.modules.get("jax"), "distributed", None)
+    multi_process = bool(distributed and distributed.is_initialized())
+    if getattr(e, "exit_now", False) or multi_process:
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(code)

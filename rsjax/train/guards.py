@@ -16,6 +16,18 @@ class PeerLostError(RsjaxError):
   exit_now = True
 
 
+def is_collective_failure(error: BaseException) -> bool:
+  """Whether `error` (or an error it came from) is a failed collective or coordination call,
+  e.g. gloo's "Connection closed by peer" or a barrier that a dead task never reached."""
+  import jax
+
+  while error is not None:
+    if isinstance(error, jax.errors.JaxRuntimeError) or "Gloo" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def peer_lost(error: Exception, step: int, last_complete: int | None) -> PeerLostError:
   import jax
 

@@ -24,7 +24,8 @@ from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
 from rsjax.evaluation.registry import config_evaluators, evaluate_run
 from rsjax.metric_writer import MetricWriter
-from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, peer_lost
+from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, \
+    is_collective_failure, peer_lost
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
 from rsjax.train.watchdog import Watchdog
 from rsjax.errors import ConfigError
@@ -192,8 +193,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
             state, m = step_fn(state, batch, *step_args)
             loss = float(jax.block_until_ready(m["loss"]))  # blocking avoids CPU collective stalls
             stop = preempt.agreed()  # every process stops at the same step
-        except jax.errors.JaxRuntimeError as e:  # e.g. gloo: "Connection reset by peer"
-          if jax.process_count() == 1:
+        except Exception as e:  # e.g. gloo: "Connection reset by peer"
+          if jax.process_count() == 1 or not is_collective_failure(e):
             raise
           raise peer_lost(e, step, ckpt.known_complete_step()) from e
         guard.check(step, loss, float(m["grad_norm"]))
@@ -219,8 +220,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
         due = t.checkpoint_every and step % t.checkpoint_every == 0
         if due or step == t.steps or stop:
-          with watchdog.watch(f"the checkpoint of step {step}"):
-            ckpt.save(step, state, train_iter, config, base=begin.base)
+          try:
+            with watchdog.watch(f"the checkpoint of step {step}"):
+              ckpt.save(step, state, train_iter, config, base=begin.base)
+          except Exception as e:  # the save's all-gathers and barriers need every process
+            if jax.process_count() == 1 or not is_collective_failure(e):
+              raise
+            raise peer_lost(e, step, ckpt.known_complete_step()) from e
         if stop:
           ckpt.close()
           who = "SIGTERM received" if preempt.requested else "another process received SIGTERM"
