@@ -175,14 +175,12 @@ def main(argv=None) -> int:
   for name in args.parts.split(","):
     t0 = time.perf_counter()
     print(f"accelerator_check: {name} ...", flush=True)
+    parts = {"mfu": part_mfu, "train": part_train, "search": part_search,
+             "plan": lambda c: part_plan(c, report["parts"].get("mfu", {}).get("result"))}
     try:
-      if name == "plan":
-        result = part_plan(ctx, report["parts"].get("mfu", {}).get("result"))
-      else:
-        result = {"mfu": part_mfu, "train": part_train, "search": part_search}[name](ctx)
-      entry = {"status": "ok", "result": result}
-    except KeyError:
-      entry = {"status": "failed", "error": f"unknown part {name!r}"}
+      if name not in parts:  # looked up outside the part, so a KeyError inside one is its own
+        raise ValueError(f"unknown part {name!r}; the parts are {sorted(parts)}")
+      entry = {"status": "ok", "result": parts[name](ctx)}
     except Exception as e:  # noqa: BLE001  a part's failure is recorded; the others still run
       entry = {"status": "failed", "error": f"{type(e).__name__}: {e}"[-3000:]}
     entry["seconds"] = round(time.perf_counter() - t0, 1)

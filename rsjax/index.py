@@ -56,9 +56,11 @@ def params_digest(params) -> str:
   """A digest of every parameter's name, shape, dtype and bytes: the model's identity."""
   import jax
 
+  from rsjax.parallel import to_host  # gathers a parameter sharded over several processes
+
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    arr = np.asarray(jax.device_get(leaf))
+    arr = to_host(leaf) if isinstance(leaf, jax.Array) else np.asarray(leaf)
     h.update(jax.tree_util.keystr(path).encode())
     h.update(str((arr.shape, arr.dtype.str)).encode())
     h.update(np.ascontiguousarray(arr).tobytes())

@@ -146,8 +146,8 @@ def test_two_processes_train_as_one(pair):
   assert abs(evaluated["mR"] - reference["mR"]) < 1e-3
   log0 = pathlib.Path(cluster.log_paths[0]).read_text()
   assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1} over 2 cpu device(s)" in log0
-  # Process 1 trained the same tokenizer-less steps and wrote nothing outside its checkpoint
-  # shards: eval.json, metrics.jsonl and tokenizer.model are process 0's.
+  # Process 1 trained the same steps with process 0's tokenizer and wrote nothing outside its
+  # checkpoint shards: eval.json, metrics.jsonl and tokenizer.model are process 0's.
   writes = tmp / "writes.log"
   assert not writes.exists(), writes.read_text()
   assert pathlib.Path(cluster.log_paths[1]).read_text().count("step") == 0  # logs: process 0

@@ -72,9 +72,10 @@ def router(engine: Engine, thumbs: Thumbnails) -> APIRouter:
     return Results(mode=mode, k=k, bbox=list(bbox) if bbox else None,
                    milliseconds=round(seconds * 1000, 3), results=out, **what)
 
-  def checked_bbox(bbox: str | None):
+  def as_bad_request(call, *args):
+    """`call(*args)`, with an InputError (bad bbox, unknown mode) answered as a one-line 400."""
     try:
-      return geo.parse_bbox(bbox)
+      return call(*args)
     except InputError as e:
       raise HTTPException(400, str(e)) from None
 
@@ -88,11 +89,8 @@ def router(engine: Engine, thumbs: Thumbnails) -> APIRouter:
       raise HTTPException(400, "q is empty; give some text to search for")
     if len(q) > MAX_QUERY_CHARS:
       raise HTTPException(400, f"q has {len(q)} characters; at most {MAX_QUERY_CHARS}")
-    box = checked_bbox(bbox)
-    try:
-      hits, seconds = engine.search_text(q, k, mode, box)
-    except InputError as e:
-      raise HTTPException(400, str(e)) from None
+    box = as_bad_request(geo.parse_bbox, bbox)
+    hits, seconds = as_bad_request(engine.search_text, q, k, mode, box)
     return results(hits, seconds, mode, k, box, query=q)
 
   @api.get("/similar/{id}", response_model=Results,
@@ -101,11 +99,8 @@ def router(engine: Engine, thumbs: Thumbnails) -> APIRouter:
               bbox: str | None = Query(None)):
     if not 0 <= id < len(engine.index):
       raise HTTPException(404, f"no image {id} in this index (ids 0 to {len(engine.index) - 1})")
-    box = checked_bbox(bbox)
-    try:
-      hits, seconds = engine.similar(id, k, mode, box)
-    except InputError as e:
-      raise HTTPException(400, str(e)) from None
+    box = as_bad_request(geo.parse_bbox, bbox)
+    hits, seconds = as_bad_request(engine.similar, id, k, mode, box)
     return results(hits, seconds, mode, k, box, similar_to=id)
 
   @api.get("/info", response_model=Info, summary="What the index holds")

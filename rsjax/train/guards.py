@@ -1,7 +1,9 @@
-"""What the train loop watches besides the step: a pre-emption notice and non-finite losses."""
+"""What the train loop watches besides the step: a pre-emption notice, non-finite losses and
+failed collectives of a multi-process run."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 import numpy as np
@@ -37,6 +39,22 @@ def peer_lost(error: Exception, step: int, last_complete: int | None) -> PeerLos
   return PeerLostError(
       f"step {step}: a collective between the {jax.process_count()} processes failed, so another "
       f"process has probably died ({first}); {kept}; restart all processes with the same command")
+
+
+@contextlib.contextmanager
+def collective_work(watchdog, what: str, step: int, checkpointer, timeout_s: float | None = None):
+  """Run a block that needs every process (a step, a checkpoint save) under `watchdog`; in a
+  multi-process run a failed collective in it (e.g. gloo's "Connection reset by peer") becomes
+  a one-line PeerLostError naming `step` and the last complete checkpoint."""
+  import jax
+
+  try:
+    with watchdog.watch(what, timeout_s=timeout_s):
+      yield
+  except Exception as e:
+    if jax.process_count() == 1 or not is_collective_failure(e):
+      raise
+    raise peer_lost(e, step, checkpointer.known_complete_step()) from e
 
 
 class NonFiniteLossError(RsjaxError, FloatingPointError):

@@ -24,8 +24,7 @@ from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
 from rsjax.evaluation.registry import config_evaluators, evaluate_run
 from rsjax.metric_writer import MetricWriter
-from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, \
-    is_collective_failure, peer_lost
+from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, collective_work
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
 from rsjax.train.watchdog import Watchdog
 from rsjax.errors import ConfigError
@@ -187,16 +186,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
         nn.logical_axis_rules(parallel.rules_for(config)):
       for step in range(start + 1, t.steps + 1):
         # The first step compiles (minutes on a large model): JAX's own heartbeats watch it.
-        try:
-          with watchdog.watch(f"step {step}", timeout_s=0 if step == start + 1 else None):
-            batch = parallel.shard_batch(next(train_iter), mesh)
-            state, m = step_fn(state, batch, *step_args)
-            loss = float(jax.block_until_ready(m["loss"]))  # blocking avoids CPU collective stalls
-            stop = preempt.agreed()  # every process stops at the same step
-        except Exception as e:  # e.g. gloo: "Connection reset by peer"
-          if jax.process_count() == 1 or not is_collective_failure(e):
-            raise
-          raise peer_lost(e, step, ckpt.known_complete_step()) from e
+        with collective_work(watchdog, f"step {step}", step, ckpt,
+                             timeout_s=0 if step == start + 1 else None):
+          batch = parallel.shard_batch(next(train_iter), mesh)
+          state, m = step_fn(state, batch, *step_args)
+          loss = float(jax.block_until_ready(m["loss"]))  # blocking avoids CPU collective stalls
+          stop = preempt.agreed()  # every process stops at the same step
         guard.check(step, loss, float(m["grad_norm"]))
 
         if step % t.log_every == 0 or step == t.steps:
@@ -220,13 +215,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
 
         due = t.checkpoint_every and step % t.checkpoint_every == 0
         if due or step == t.steps or stop:
-          try:
-            with watchdog.watch(f"the checkpoint of step {step}"):
-              ckpt.save(step, state, train_iter, config, base=begin.base)
-          except Exception as e:  # the save's all-gathers and barriers need every process
-            if jax.process_count() == 1 or not is_collective_failure(e):
-              raise
-            raise peer_lost(e, step, ckpt.known_complete_step()) from e
+          # The save's all-gathers and barriers need every process, as the step's collectives do.
+          with collective_work(watchdog, f"the checkpoint of step {step}", step, ckpt):
+            ckpt.save(step, state, train_iter, config, base=begin.base)
         if stop:
           ckpt.close()
           who = "SIGTERM received" if preempt.requested else "another process received SIGTERM"
