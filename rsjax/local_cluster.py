@@ -39,6 +39,16 @@ def _describe(code: int) -> str:
   return f"exited with status {code}"
 
 
+def _root_failure(procs) -> int | None:
+  """The index of the failed process that most likely caused the others to fail, or None.
+
+  Failures seen in the same poll are not ordered in time: a process killed by a signal is
+  preferred, since its peers then fail with PeerLostError (exit 1) within milliseconds."""
+  failed = [i for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+  signalled = [i for i in failed if procs[i].returncode < 0]
+  return (signalled or failed or [None])[0]
+
+
 class LocalCluster:
   """N `python -m rsjax.cli ARGS` processes of one multi-process run.
 
@@ -114,12 +124,11 @@ class LocalCluster:
       while [p.poll() for p in self.procs].count(None):  # polls every one: any() would stop early
         now = time.monotonic()
         if first_failure is None:
-          for i, p in enumerate(self.procs):
-            if p.returncode not in (None, 0):
-              first_failure, failed_at = p.returncode, now
-              print(f"local_cluster: process {i} {_describe(p.returncode)}; waiting up to "
-                    f"{self.grace_s:g} s for the others to stop", file=sys.stderr, flush=True)
-              break
+          i = _root_failure(self.procs)
+          if i is not None:
+            first_failure, failed_at = self.procs[i].returncode, now
+            print(f"local_cluster: process {i} {_describe(first_failure)}; waiting up to "
+                  f"{self.grace_s:g} s for the others to stop", file=sys.stderr, flush=True)
         if failed_at is not None and now - failed_at > self.grace_s:
           print("local_cluster: killing the processes still running", file=sys.stderr,
                 flush=True)
@@ -134,7 +143,8 @@ class LocalCluster:
     for thread in self._threads:
       thread.join(timeout=5)
     if first_failure is None:
-      first_failure = next((p.returncode for p in self.procs if p.returncode), 0)
+      i = _root_failure(self.procs)
+      first_failure = 0 if i is None else self.procs[i].returncode
     return first_failure
 
   def __enter__(self):
