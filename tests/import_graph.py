@@ -9,6 +9,7 @@ its package's __init__.py; that implicit edge is left out (it is no design decis
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import pathlib
 
@@ -23,22 +24,25 @@ def module_name(root: pathlib.Path, path: pathlib.Path) -> str:
 def _parse(path: pathlib.Path) -> ast.Module:
   """ast.parse, sheltered from CPython 3.11's spurious "SystemError: AST constructor recursion
   depth mismatch" (python/cpython gh-106905; seen here once in a full run, when the late-collected
-  orbax coroutines of earlier tests were finalized during parsing): the garbage collector is
-  paused while parsing, and that one error is retried once."""
+  orbax coroutines of earlier tests were finalized during parsing): import_graph pauses the
+  garbage collector while it parses, and that one error is retried once."""
   source = path.read_text()
   try:
-    return _parse_without_gc(source, path)
+    return ast.parse(source, str(path))
   except SystemError as e:
     if "recursion depth mismatch" not in str(e):
       raise
-    return _parse_without_gc(source, path)
+    return ast.parse(source, str(path))
 
 
-def _parse_without_gc(source: str, path: pathlib.Path) -> ast.Module:
+@contextlib.contextmanager
+def _gc_paused():
+  """One collection, then none while parsing: a collection per file cost a minute in a full run,
+  whose heap holds every earlier test's JAX objects."""
   gc.collect()
   gc.disable()
   try:
-    return ast.parse(source, str(path))
+    yield
   finally:
     gc.enable()
 
@@ -48,9 +52,11 @@ def import_graph(root: pathlib.Path) -> dict[str, set[str]]:
   files = {module_name(root, p): p for p in sorted(root.rglob("*.py"))}
   package = root.name
   graph: dict[str, set[str]] = {name: set() for name in files}
+  with _gc_paused():
+    trees = {name: _parse(path) for name, path in files.items()}
   for name, path in files.items():
     is_package = path.name == "__init__.py"
-    for node in ast.walk(_parse(path)):
+    for node in ast.walk(trees[name]):
       targets = []
       if isinstance(node, ast.Import):
         targets = [alias.name for alias in node.names]
