@@ -229,3 +229,35 @@ def test_index_of_an_archive_checks_only_its_image_names(run_dir, shared_data, t
   err = capsys.readouterr().err.strip().splitlines()
   assert "no images to index: all 5 were bad (CorruptImageError 5; listed above)" in err[-1]
   assert not (tmp_path / "b" / "index.json").exists()  # no empty index is left behind
+
+
+def test_eval_robustness_scores_each_corruption_and_severity(run_dir, capsys):
+  from rsjax.evaluation.robustness import relative_drop
+
+  base = ["eval", "--config", "configs/smoke.py", "--workdir", run_dir, *cli_sets(*SETS),
+          "--splits", "test", "--robustness"]
+  assert rsjax(*base, "--robustness-corruptions", "cloud,defocus_blur",
+               "--robustness-severities", "1,5") == 0
+  assert "| defocus_blur |" in capsys.readouterr().out
+  with open(os.path.join(run_dir, "eval_full.json")) as f:
+    split = json.load(f)["splits"]["test"]
+  result = split["robustness"]
+  # The clean scores are the split's own (the same encodings), the text side is never corrupted.
+  assert result["clean"]["mR"] == pytest.approx(split["retrieval"]["mR"])
+  assert result["clean"]["hash_t2i_map@20"] == pytest.approx(
+      split["hashing"]["pairing"]["t2i"]["map@20"])
+  assert set(result["scores"]) == {"cloud", "defocus_blur"}
+  for name, per in result["scores"].items():
+    assert set(per) == {"1", "5"}
+    for key, clean in result["clean"].items():
+      assert result["drop"][name][key] == pytest.approx(
+          np.mean([relative_drop(clean, per[s][key]) for s in ("1", "5")]))
+  cloud = result["scores"]["cloud"]
+  assert cloud["5"] != cloud["1"] != result["clean"]  # the images were re-encoded, corrupted
+  assert result["mean_drop"]["mR"] == pytest.approx(
+      np.mean([result["drop"][n]["mR"] for n in ("cloud", "defocus_blur")]))
+  # Bad names and severities are refused in one line, before any model is loaded.
+  assert rsjax(*base, "--robustness-corruptions", "cloud,fog") == 2
+  assert "unknown corruption(s) fog; valid: haze" in capsys.readouterr().err
+  assert rsjax(*base, "--robustness-severities", "0,7") == 2
+  assert "--robustness-severities: '0,7'" in capsys.readouterr().err

@@ -41,8 +41,22 @@ def split_evaluators(configured: tuple[str, ...], first: bool) -> tuple[str, ...
   return tuple(dict.fromkeys(names))
 
 
+def robustness_args(args) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  """The corruptions and severities of --robustness, checked before any model is loaded."""
+  from rsjax.data import corruptions
+
+  names = tuple(n.strip() for n in args.robustness_corruptions.split(",") if n.strip())
+  text = [s.strip() for s in args.robustness_severities.split(",") if s.strip()]
+  if any(not s.isdigit() or int(s) not in corruptions.SEVERITIES for s in text):
+    raise InputError(f"--robustness-severities: {args.robustness_severities!r}; give severities "
+                     "from 1 to 5, comma-separated")
+  return (corruptions.check_names(names) or corruptions.NAMES,
+          tuple(int(s) for s in text) or corruptions.SEVERITIES)
+
+
 def run(args) -> int:
   config = load_config_or_exit(args, needs_data=True)
+  shifts = robustness_args(args) if args.robustness else None
   import jax
   import numpy as np
 
@@ -78,6 +92,11 @@ def run(args) -> int:
       log(f"{name}, hash codes per prefix (|bit mean|: 0 = balanced; |corr|: mean over bit pairs; "
           f"dead: |bit mean| > {hash_diagnostics.DEAD_BALANCE}; saturated: |tanh(beta_end z)| > "
           f"{diag['saturation_threshold']}):\n" + hash_diagnostics.summary(diag))
+    if args.robustness:  # every corruption x severity: re-encodes the split's images 50 times
+      from rsjax.evaluation import robustness  # albumentations takes seconds to import
+      out[robustness.NAME] = robustness.evaluate(ctx, *shifts, seed=args.robustness_seed)
+      log(f"{name}, robustness (mR per severity; mean relative drop of each score, percent):\n"
+          + robustness.table(out[robustness.NAME]))
     results["splits"][name] = out
   log(f"retrieval at step {step} (percent):\n" + format_table(
       {name: r["retrieval"] for name, r in results["splits"].items()}))
@@ -118,4 +137,12 @@ def register(sub) -> None:
   p.add_argument("--template", action="append", default=[],
                  help="prompt template with {} for the class name (repeatable; default: "
                       "four RS templates)")
+  p.add_argument("--robustness", action="store_true",
+                 help="also score each split under every image corruption at severities 1..5 "
+                      "(rsjax/data/corruptions.py; mR and hash mAP@20, mean relative drop)")
+  p.add_argument("--robustness-corruptions", default="", metavar="A,B",
+                 help="only these corruptions (default: all ten)")
+  p.add_argument("--robustness-severities", default="", metavar="1,3,5",
+                 help="only these severities (default: 1,2,3,4,5)")
+  p.add_argument("--robustness-seed", type=int, default=0, help="the corruptions' seed (0)")
   p.set_defaults(run=run)
