@@ -87,6 +87,9 @@ SHARED_KEYS = {
     # Distillation: a teacher (run workdir or converted folder) whose image-text softmax the
     # student matches, with this weight beside the contrastive loss.
     "distill": {"teacher": "", "weight": 1.0},
+    # Robust training (rsjax/data/corruptions.py): with this probability a train image gets one
+    # of `names` (empty: all ten) at a severity drawn from 1..max_severity; 0: off.
+    "data": {"corruptions": {"probability": 0.0, "max_severity": 3, "names": ()}},
 }
 
 

@@ -99,3 +99,64 @@ def test_the_training_option_corrupts_about_its_share_from_the_record_generator(
   always = C.TrainCorruptions(probability=1.0, max_severity=1, names=("cloud",))
   assert all(not np.array_equal(always.apply(x, np.random.default_rng(i)), x)
              for i, x in enumerate(images[:5]))
+
+
+def _first_batches(iterator, n=3):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_the_in_memory_train_pipeline_corrupts_only_when_asked_and_is_seeded():
+  from rsjax.data import pipeline
+
+  images = _textured(n=12, height=16, width=16)
+  tokens = np.arange(1, 13, dtype=np.int32).reshape(12, 1, 1)  # token = 1 + image index
+  plain = _first_batches(pipeline.train_iterator(images, tokens, 4, seed=0))
+  off = _first_batches(pipeline.train_iterator(images, tokens, 4, seed=0, corruptions=None))
+  for a, b in zip(plain, off):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  always = C.TrainCorruptions(probability=1.0, max_severity=2)
+  on = _first_batches(pipeline.train_iterator(images, tokens, 4, seed=0, corruptions=always))
+  again = _first_batches(pipeline.train_iterator(images, tokens, 4, seed=0, corruptions=always))
+  for clean, shifted, repeat in zip(plain, on, again):
+    np.testing.assert_array_equal(clean["tokens"], shifted["tokens"])  # the same records
+    np.testing.assert_array_equal(shifted["image"], repeat["image"])
+    for image, token in zip(shifted["image"], shifted["tokens"][:, 0]):
+      assert not np.array_equal(image, images[token - 1])
+
+
+def test_data_corruptions_reaches_the_train_loop_from_the_config(tmp_path):
+  from helpers import tiny_config
+  from rsjax.train.loop import open_input
+
+  _, clean = open_input(tiny_config(), str(tmp_path))
+  _, robust = open_input(tiny_config("data.corruptions.probability=1.0",
+                                     "data.corruptions.names=('cloud',)"), str(tmp_path))
+  a, b = next(clean), next(robust)
+  np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  assert a["image"].shape == b["image"].shape
+  changed = [not np.array_equal(x, y) for x, y in zip(a["image"], b["image"])]
+  assert all(changed)
+  with pytest.raises(ConfigError, match="'data.corruptions.probability'"):
+    open_input(tiny_config("data.corruptions.probability=2.0"), str(tmp_path))
+
+
+def test_the_streamed_train_pipeline_corrupts_after_decoding_and_resizing():
+  import io
+
+  from PIL import Image
+
+  from rsjax.data import augment, stream
+
+  buffer = io.BytesIO()
+  Image.fromarray(_textured(n=1, height=32, width=32)[0]).save(buffer, format="PNG")
+  record = {"key": "tile_7", "image": buffer.getvalue(), "captions": ["two ships"], "label": ""}
+  still = augment.AugmentConfig(crop_scale=(1.0, 1.0), dihedral=False)
+  spec = stream.StreamSpec(image_size=16, context_length=8, tokenizer_path="", augment=still)
+  robust = stream.StreamSpec(image_size=16, context_length=8, tokenizer_path="", augment=still,
+                             corruptions=C.TrainCorruptions(1.0, 2, ("haze",)))
+  clean = stream.DecodeAugment(spec).random_map(record, np.random.default_rng(3))["image"]
+  hazy = stream.DecodeAugment(robust).random_map(record, np.random.default_rng(3))["image"]
+  again = stream.DecodeAugment(robust).random_map(record, np.random.default_rng(3))["image"]
+  assert clean.shape == hazy.shape == (16, 16, 3)
+  np.testing.assert_array_equal(hazy, again)
+  assert hazy.astype(float).mean() > clean.astype(float).mean()  # haze adds bright airlight

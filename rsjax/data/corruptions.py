@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-import albumentations as A
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -114,18 +112,18 @@ def brightness_contrast(image: np.ndarray, severity: int, rng: np.random.Generat
 
 
 # The albumentations ones: severity -> transform of fixed strength; its own generator, seeded
-# from ours, draws the pattern.
+# from ours, draws the pattern. Called with the modules, imported on first use (seconds).
 _ALBUMENTATIONS = {
-    "gaussian_noise": lambda s: A.GaussNoise(std_range=(_NOISE_STD[s - 1],) * 2, p=1.0),
-    "speckle_noise": lambda s: A.MultiplicativeNoise(
+    "gaussian_noise": lambda A, cv2, s: A.GaussNoise(std_range=(_NOISE_STD[s - 1],) * 2, p=1.0),
+    "speckle_noise": lambda A, cv2, s: A.MultiplicativeNoise(
         multiplier=(1 - _SPECKLE[s - 1], 1 + _SPECKLE[s - 1]), per_channel=False,
         elementwise=True, p=1.0),
-    "defocus_blur": lambda s: A.Defocus(radius=(_DEFOCUS_RADIUS[s - 1],) * 2,
-                                             alias_blur=(0.1, 0.1), p=1.0),
-    "motion_blur": lambda s: A.MotionBlur(blur_limit=(_MOTION_KERNEL[s - 1],) * 2,
-                                               allow_shifted=False, p=1.0),
-    "jpeg": lambda s: A.ImageCompression(quality_range=(_JPEG_QUALITY[s - 1],) * 2, p=1.0),
-    "downsample": lambda s: A.Downscale(
+    "defocus_blur": lambda A, cv2, s: A.Defocus(radius=(_DEFOCUS_RADIUS[s - 1],) * 2,
+                                                alias_blur=(0.1, 0.1), p=1.0),
+    "motion_blur": lambda A, cv2, s: A.MotionBlur(blur_limit=(_MOTION_KERNEL[s - 1],) * 2,
+                                                  allow_shifted=False, p=1.0),
+    "jpeg": lambda A, cv2, s: A.ImageCompression(quality_range=(_JPEG_QUALITY[s - 1],) * 2, p=1.0),
+    "downsample": lambda A, cv2, s: A.Downscale(
         scale_range=(1.0 / _GSD_FACTOR[s - 1],) * 2,
         interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}, p=1.0),
 }
@@ -143,7 +141,11 @@ def _albumentations_apply(name: str, image: np.ndarray, severity: int,
   cache = _local.__dict__.setdefault("compose", {})
   compose = cache.get((name, severity))
   if compose is None:  # built once per thread: building validates every argument (slow)
-    compose = cache[(name, severity)] = A.Compose([_ALBUMENTATIONS[name](severity)], p=1.0)
+    import albumentations
+    import cv2
+
+    transform = _ALBUMENTATIONS[name](albumentations, cv2, severity)
+    compose = cache[(name, severity)] = albumentations.Compose([transform], p=1.0)
   compose.set_random_seed(int(rng.integers(2**31)))
   return compose(image=image)["image"]
 

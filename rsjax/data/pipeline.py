@@ -14,6 +14,7 @@ a resumed run sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import grain
@@ -92,14 +93,21 @@ def _random_dihedral_image(record: dict, rng: np.random.Generator) -> dict:
   return {**record, "image": augment.random_dihedral(rng).apply_image(record["image"])}
 
 
+def _corrupted_image(record: dict, rng: np.random.Generator, corruptions=None) -> dict:
+  """The robust-training augmentation (a corruptions.TrainCorruptions), drawn from grain's rng."""
+  return {**record, "image": corruptions.apply(record["image"], rng)}
+
+
 def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  labels: np.ndarray | None = None, dihedral: bool = False) -> grain.MapDataset:
+                  labels: np.ndarray | None = None, dihedral: bool = False,
+                  corruptions=None) -> grain.MapDataset:
   """Endless batches {'image': [b, H, W, 3] uint8, 'tokens': [b, L] int32}, b = this process's share
   (plus 'label' [b] int32 when class labels [N] are given).
 
   dihedral: a random flip / quarter turn of each image. The captions are not rewritten, so the
   caller makes sure they hold no direction words (rsjax.data.annotated checks this).
+  corruptions: a corruptions.TrainCorruptions (data.corruptions), applied after the turn.
 
   Each process takes every `process_count`-th example of the shuffled stream, so the processes
   together cover a global batch of `batch_size * process_count` distinct examples.
@@ -110,7 +118,11 @@ def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed:
 
   def per_image(ds: grain.MapDataset) -> grain.MapDataset:
     ds = ds.random_map(_pick_caption)
-    return ds.random_map(_random_dihedral_image) if dihedral else ds
+    if dihedral:
+      ds = ds.random_map(_random_dihedral_image)
+    if corruptions is not None:
+      ds = ds.random_map(functools.partial(_corrupted_image, corruptions=corruptions))
+    return ds
 
   return sharded_batches(ArraySource(**arrays), batch_size, seed, process_index, process_count,
                          global_maps=per_image)
@@ -118,8 +130,8 @@ def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed:
 
 def train_iterator(images: np.ndarray, tokens: np.ndarray, global_batch: int, seed: int,
                    process_index: int = 0, process_count: int = 1,
-                   labels: np.ndarray | None = None,
-                   dihedral: bool = False) -> grain.DatasetIterator:
+                   labels: np.ndarray | None = None, dihedral: bool = False,
+                   corruptions=None) -> grain.DatasetIterator:
   """A checkpointable iterator over `train_dataset`, with background prefetch threads."""
   return iterate(train_dataset(images, tokens, global_batch // process_count, seed, process_index,
-                               process_count, labels, dihedral))
+                               process_count, labels, dihedral, corruptions))

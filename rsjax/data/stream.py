@@ -26,7 +26,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from rsjax.data import augment, decode, pipeline, records
+from rsjax.data import augment, corruptions, decode, pipeline, records
 from rsjax.data.tokenize import tokenizer_for
 from rsjax.data.types import StreamingRetrievalData
 
@@ -41,6 +41,7 @@ class StreamSpec:
   bands: tuple[int, ...] | None = None
   max_value: float | None = None
   label_prompt: str = ""  # captions for label-only records, e.g. "an aerial image of {label}"
+  corruptions: object = None  # corruptions.TrainCorruptions (data.corruptions), or None
 
 
 def _text(value) -> str:
@@ -84,6 +85,8 @@ class DecodeAugment(grain.transforms.RandomMap):
     if image is None:  # TIFF (any bit depth, any bands) or a band choice
       image = decode.to_uint8(decode.decode(record["image"], name, s.bands), s.max_value)
     image, caption = augment.augment_pair(image, caption, s.image_size, rng, s.augment, box)
+    if s.corruptions is not None:
+      image = s.corruptions.apply(image, rng)
     return {"image": image, "caption": caption}
 
 
@@ -139,7 +142,7 @@ def spec_from_config(data: ml_collections.ConfigDict, context_length: int,
                                     dihedral=a.get("dihedral", True),
                                     color_jitter=a.get("color_jitter", 0.0)),
       bands=tuple(data.get("bands", ())) or None, max_value=data.get("max_value", 0) or None,
-      label_prompt=data.get("label_prompt", ""))
+      label_prompt=data.get("label_prompt", ""), corruptions=corruptions.from_config(data))
 
 
 def streaming_data(train_source, spec: StreamSpec, data: ml_collections.ConfigDict,

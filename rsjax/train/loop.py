@@ -18,7 +18,7 @@ import ml_collections
 from rsjax import atomic, optim, parallel, runs, state as state_lib, trainable
 from rsjax.checkpoint import Checkpointer
 from rsjax.console import log
-from rsjax.data import pipeline
+from rsjax.data import corruptions, pipeline
 from rsjax.data.datasets import load_retrieval_data
 from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
@@ -57,7 +57,8 @@ def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[Retriev
   return data, pipeline.train_iterator(
       data.train_images, data.train_tokens, t.batch_size, t.seed,
       jax.process_index(), jax.process_count(),
-      labels=data.train_labels if label_source else None, dihedral=data.train_dihedral)
+      labels=data.train_labels if label_source else None, dihedral=data.train_dihedral,
+      corruptions=corruptions.from_config(config.data))
 
 
 class Start:
