@@ -20,7 +20,12 @@ import os
 
 import numpy as np
 
+from rsjax import report_robustness
 from rsjax.errors import InputError
+from rsjax.report_figures import html_table as _html_table
+from rsjax.report_figures import md_table as _table
+from rsjax.report_figures import png as _png
+from rsjax.report_figures import pyplot as _pyplot
 
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 HASH_KEYS = ("map@20", "map@100", "map@all", "p@20", "p@100", "p_r2")
@@ -68,21 +73,6 @@ def read_metrics(path: str) -> list[dict]:
                            "or delete that line")
         rows.append(row)
   return rows
-
-
-def _png(fig) -> bytes:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-  import matplotlib.pyplot as plt
-  plt.close(fig)
-  return buf.getvalue()
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")  # no display: files only
-  import matplotlib.pyplot as plt
-  return plt
 
 
 def training_curves(rows: list[dict]) -> bytes | None:
@@ -140,17 +130,6 @@ def thumbnail(image: np.ndarray, hit: bool | None = None, size: int = 96) -> byt
   buf = io.BytesIO()
   img.save(buf, format="PNG")
   return buf.getvalue()
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-  head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-  body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def collect(workdir: str) -> dict:
@@ -255,6 +234,16 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
     header = ["data set", "images", "classes", "top-1", "mean per class"]
     md.extend(["## Zero-shot classification (percent)", "", _table(header, z_rows), ""])
     parts.append("<h2>Zero-shot classification (percent)</h2>" + _html_table(header, z_rows))
+
+  with _reading(full_path):
+    for split, result in report_robustness.results(data["full"]).items():
+      title = f"Robustness, {split}: score against corruption severity"
+      figure(f"robustness_{len(images)}.png", report_robustness.plot(result), title)
+      header, r_rows = report_robustness.drop_rows(result)
+      note = ("Mean relative drop over severities (percent of the clean score, in brackets); "
+              f"corruptions seeded with {result['seed']} (`rsjax eval --robustness`).")
+      md.extend([note, "", _table(header, r_rows), ""])
+      parts.append(f"<p>{html.escape(note)}</p>" + _html_table(header, r_rows))
 
   g = data["gallery"]
   if g is not None:

@@ -112,9 +112,18 @@ def test_label_positives_train_and_report_label_metrics(tmp_path, capsys):
   # `rsjax eval` on the same checkpoint gives the same figures, and hashing by class
   sets = [x for o in label_overrides(root, *overrides) for x in ("--set", o)]
   assert cli.main(["eval", "--config", RSSCN7_CONFIG + ":pyramid=0", "--workdir", str(workdir),
-                   "--splits", "val", *sets]) == 0
+                   "--splits", "val", *sets, "--robustness", "--robustness-corruptions",
+                   "cloud", "--robustness-severities", "5"]) == 0
   full = json.loads((workdir / "eval_full.json").read_text())["splits"]["val"]
   assert full["labels"] == pytest.approx(labels)
+  # Under --robustness a label set is also scored by class: zero-shot, prompt mAP, full codes.
+  robust = full["robustness"]
+  label_keys = {"zero_shot_top1", "t2i_map", "i2i_map@20_16bit"}
+  assert robust["clean"] == pytest.approx(
+      {"mR": full["retrieval"]["mR"], **{k: labels[k] for k in label_keys},
+       **{f"hash_{d}_map@20": full["hashing"]["pairing"][d]["map@20"] for d in ("i2t", "t2i")}})
+  assert set(robust["scores"]["cloud"]["5"]) == set(robust["clean"])
+  assert robust["scores"]["cloud"]["5"] != robust["clean"]  # heavy cloud changes the scores
   assert set(full["hashing"]["label"]) == {"i2t", "t2i"}  # hashing by class, DUCH split
   assert "val, relevance by class (percent): zero-shot top-1" in capsys.readouterr().out
 

@@ -45,6 +45,14 @@ def fake_run(workdir, with_gallery=True):
       "small_objects": {"retrieval": {**recalls, "mR": 9.87}}},
       "zero_shot": {"rsscn7": {"top1": 55.5, "mean_per_class": 54.4, "num_images": 448,
                                "num_classes": 7, "per_class": {}}}}
+  clean = {"mR": 21.1, "hash_t2i_map@20": 12.34}
+  full["splits"]["test"]["robustness"] = {  # `rsjax eval --robustness` on two corruptions
+      "clean": clean, "seed": 0, "severities": [1, 2, 3, 4, 5],
+      "scores": {n: {str(s): {k: v * (1 - f * s) for k, v in clean.items()} for s in range(1, 6)}
+                 for n, f in (("haze", 0.05), ("cloud", 0.1))},
+      "drop": {"haze": {"mR": 15.0, "hash_t2i_map@20": 15.0},
+               "cloud": {"mR": 30.0, "hash_t2i_map@20": 30.0}},
+      "mean_drop": {"mR": 22.5, "hash_t2i_map@20": 22.5}}
   (workdir / "eval_full.json").write_text(json.dumps(full))
   if with_gallery:
     rng = np.random.default_rng(0)
@@ -60,11 +68,12 @@ def test_report_opens_in_chromium_without_errors_and_shows_its_images(tmp_path):
   out = tmp_path / "run" / "report"
   md = (out / "report.md").read_text()
   assert "| step 39 | small_objects |" in md and "9.87" in md and "55.50" in md
-  for name in ("training_curves.png", "pr_curves.png", "gallery_0_0.png"):
+  assert "| mean | 22.50 | 22.50 |" in md and "| cloud | 30.00 | 30.00 |" in md  # robustness
+  for name in ("training_curves.png", "pr_curves.png", "robustness_2.png", "gallery_0_0.png"):
     assert f"]({name})" in md and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   page = (out / "report.html").read_text()
   n_img = page.count("<img ")
-  assert n_img == 2 + 6  # two plots, 2 queries x 3 gallery images
+  assert n_img == 3 + 6  # three plots, 2 queries x 3 gallery images
   assert re.findall(r"src='([^']{0,22})", page) == ["data:image/png;base64,"] * n_img  # inlined
   dom, console = open_in_browser(out / "report.html")
   assert f'data-images-loaded="{n_img}"' in dom, dom[:500]

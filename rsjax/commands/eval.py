@@ -94,7 +94,7 @@ def run(args) -> int:
           f"{diag['saturation_threshold']}):\n" + hash_diagnostics.summary(diag))
     if args.robustness:  # every corruption x severity: re-encodes the split's images 50 times
       from rsjax.evaluation import robustness  # albumentations takes seconds to import
-      out[robustness.NAME] = robustness.evaluate(ctx, *shifts, seed=args.robustness_seed)
+      out[robustness.NAME] = robustness.evaluate(ctx, out, *shifts, seed=args.robustness_seed)
       log(f"{name}, robustness (mR per severity; mean relative drop of each score, percent):\n"
           + robustness.table(out[robustness.NAME]))
     results["splits"][name] = out

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -72,6 +73,16 @@ class SplitEncodings:
   def _encode(self, fn: Callable, inputs: np.ndarray) -> np.ndarray:
     with jax.set_mesh(self.mesh):
       return encode_in_batches(fn, self.params, inputs, self.batch_size, self.mesh)
+
+  def with_images(self, images: np.ndarray) -> "SplitEncodings":
+    """The same split with other images [M, H, W, 3] (e.g. corrupted): image embeddings and codes
+    are encoded anew on first use, the captions' and the compiled encoders are this object's."""
+    other = SplitEncodings(self.model, self.params, dataclasses.replace(self.split, images=images),
+                           self.mesh, self.batch_size)
+    for shared in ("_encoders", "_hash_encoders", "text_emb", "text_signs"):
+      if shared in self.__dict__:  # what this object has already computed (cached_property)
+        other.__dict__[shared] = self.__dict__[shared]
+    return other
 
   @functools.cached_property
   def _encoders(self):

@@ -48,6 +48,13 @@ class EvalContext:
   def encodings(self) -> SplitEncodings:
     return SplitEncodings(self.model, self.params, self.split, self.mesh, self.batch_size)
 
+  def with_images(self, images: np.ndarray) -> "EvalContext":
+    """This context with the split's images replaced ([M, H, W, 3], e.g. corrupted copies): the
+    captions' embeddings and codes and the compiled encoders are shared, only images re-encode."""
+    other = dataclasses.replace(self, split=dataclasses.replace(self.split, images=images))
+    other.encodings = self.encodings.with_images(images)
+    return other
+
   @functools.cached_property
   def image_labels(self) -> np.ndarray | None:
     """Per-image class ids [M] when the split's captions carry labels['scene'], else None."""

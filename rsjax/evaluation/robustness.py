@@ -1,48 +1,57 @@
 """Retrieval under the shifts of real archives: every corruption of rsjax/data/corruptions.py at
 each severity applied to a split's images, re-encoded against the split's unchanged captions.
 
-Scores per (corruption, severity): mR of the recalls, and with a hashing head mAP@20 of the codes
-(relevance by pairing, both directions). The relative drop of a score is
-(clean - corrupted) / clean in percent; a corruption's drop is the mean over its severities and
-the mean relative drop is the mean over corruptions (ImageNet-C's mCE taken relative to the
-model's own clean score instead of AlexNet's errors, since no reference model exists here).
+Scores per (corruption, severity), each in percent:
+- `mR` of the recalls (caption sets);
+- with a hashing head, `hash_i2t_map@20` / `hash_t2i_map@20` of the codes (relevance by pairing);
+- on a labelled split (RSSCN7's class prompts; the `labels` evaluator), `zero_shot_top1`, the class
+  prompts' text->image `t2i_map`, and `i2i_map@20_<K>bit` of the full codes.
+The relative drop of a score is (clean - corrupted) / clean in percent; a corruption's drop is
+the mean over its severities and the mean relative drop is the mean over corruptions (ImageNet-C's
+mCE taken relative to the model's own clean score instead of AlexNet's errors, since no reference
+model exists here).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
 
 from rsjax.console import log
 from rsjax.data import corruptions
-from rsjax.errors import InputError
-from rsjax.evaluation import hashing, recalls
+from rsjax.evaluation import hashing, labels, recalls
 
 NAME = "robustness"
 
 
-def _with_images(ctx, images: np.ndarray):
-  """ctx on the same split with other images [M, H, W, 3]; the captions' embeddings and codes
-  are the clean context's (the text side is not corrupted), so only the images are encoded."""
-  shifted = dataclasses.replace(ctx, split=dataclasses.replace(ctx.split, images=images))
-  encodings, clean = shifted.encodings, ctx.encodings
-  encodings.__dict__["text_emb"] = clean.text_emb
-  if clean.bits:
-    encodings.__dict__["text_signs"] = clean.text_signs
-  return shifted
+def pick(results: dict, bits: int) -> dict[str, float]:
+  """The robustness scores out of a split's evaluator results ({"retrieval": recalls, "hashing":
+  {"pairing": ...}, "labels": label_metrics}; the last two when present)."""
+  out = {"mR": float(results["retrieval"]["mR"])}
+  pairing = results.get(hashing.NAME, {}).get("pairing")
+  if pairing:
+    out.update({f"hash_{d}_map@20": float(pairing[d]["map@20"]) for d in ("i2t", "t2i")})
+  by_label = results.get(labels.NAME)
+  if by_label:
+    keys = ["zero_shot_top1", "t2i_map"]
+    if bits and f"i2i_map@{labels.I2I_K}_{bits}bit" in by_label:
+      keys.append(f"i2i_map@{labels.I2I_K}_{bits}bit")
+    out.update({k: float(by_label[k]) for k in keys})
+  return out
 
 
-def scores(ctx) -> dict[str, float]:
-  """{"mR": ..., and with hash codes "hash_i2t_map@20", "hash_t2i_map@20"} of ctx's split."""
-  out = {"mR": float(recalls.evaluate(ctx)["mR"])}
+def corrupted_results(ctx, with_labels: bool) -> dict:
+  """The evaluator results that `pick` reads, of ctx's split (only what the scores need: no PR
+  curves or code diagnostics)."""
+  results = {recalls.NAME: recalls.evaluate(ctx)}
   enc = ctx.encodings
   if enc.bits:
-    pairing = hashing.evaluate_hashing(enc.image_signs, enc.text_signs,
-                                       ctx.split.text_to_image)["pairing"]
-    out.update({f"hash_{d}_map@20": float(pairing[d]["map@20"]) for d in ("i2t", "t2i")})
-  return out
+    results[hashing.NAME] = {"pairing": hashing.evaluate_hashing(
+        enc.image_signs, enc.text_signs, ctx.split.text_to_image)["pairing"]}
+  if with_labels:
+    results[labels.NAME] = labels.evaluate(ctx)
+  return results
 
 
 def relative_drop(clean: float, corrupted: float) -> float:
@@ -50,21 +59,24 @@ def relative_drop(clean: float, corrupted: float) -> float:
   return 100.0 * (clean - corrupted) / clean if clean else 0.0
 
 
-def evaluate(ctx, names=corruptions.NAMES, severities=corruptions.SEVERITIES, seed: int = 0) -> dict:
-  """{"clean": scores, "seed", "scores": {corruption: {severity: scores}},
-      "drop": {corruption: {score: mean relative drop}}, "mean_drop": {score: ...}}."""
-  names = corruptions.check_names(names)
-  bad = [s for s in severities if s not in corruptions.SEVERITIES]
-  if bad:
-    raise InputError(f"--robustness-severities: {bad} outside 1..5")
-  clean = scores(ctx)
+def evaluate(ctx, clean_results: dict, names=corruptions.NAMES,
+             severities=corruptions.SEVERITIES, seed: int = 0) -> dict:
+  """{"clean": scores, "seed", "severities", "scores": {corruption: {severity: scores}},
+      "drop": {corruption: {score: mean relative drop}}, "mean_drop": {score: ...}}.
+
+  clean_results: the split's results from the same model (rsjax eval's retrieval / hashing /
+  labels), from which the clean scores are read; names and severities as checked by
+  commands/eval.robustness_args (corruptions.corrupt refuses others)."""
+  bits = ctx.encodings.bits
+  clean = pick(clean_results, bits)
+  with_labels = labels.NAME in clean_results
   result = {"clean": clean, "seed": seed, "severities": list(severities), "scores": {}, "drop": {}}
   started = time.perf_counter()
   for i, name in enumerate(names, 1):
     per = {}
     for severity in severities:
-      images = corruptions.corrupt_images(ctx.split.images, name, severity, seed)
-      per[str(severity)] = scores(_with_images(ctx, images))
+      shifted = ctx.with_images(corruptions.corrupt_images(ctx.split.images, name, severity, seed))
+      per[str(severity)] = pick(corrupted_results(shifted, with_labels), bits)
     result["scores"][name] = per
     result["drop"][name] = {k: float(np.mean([relative_drop(v, s[k]) for s in per.values()]))
                             for k, v in clean.items()}
@@ -76,17 +88,17 @@ def evaluate(ctx, names=corruptions.NAMES, severities=corruptions.SEVERITIES, se
   return result
 
 
-def table(result: dict) -> str:
-  """Markdown: a row per corruption, mR per severity and the relative drop of each score."""
+def table(result: dict, score: str = "mR") -> str:
+  """Markdown: a row per corruption, `score` per severity and the relative drop of each score."""
   severities = result["severities"]
   keys = list(result["clean"])
-  lines = ["| corruption | " + " | ".join(f"mR s{s}" for s in severities) + " | "
+  lines = ["| corruption | " + " | ".join(f"{score} s{s}" for s in severities) + " | "
            + " | ".join(f"drop {k} %" for k in keys) + " |",
            "|---" * (1 + len(severities) + len(keys)) + "|",
-           "| clean | " + " | ".join(f"{result['clean']['mR']:.2f}" for _ in severities) + " | "
+           "| clean | " + " | ".join(f"{result['clean'][score]:.2f}" for _ in severities) + " | "
            + " | ".join("0.00" for _ in keys) + " |"]
   for name, per in result["scores"].items():
-    lines.append(f"| {name} | " + " | ".join(f"{per[str(s)]['mR']:.2f}" for s in severities)
+    lines.append(f"| {name} | " + " | ".join(f"{per[str(s)][score]:.2f}" for s in severities)
                  + " | " + " | ".join(f"{result['drop'][name][k]:.2f}" for k in keys) + " |")
   lines.append("| **mean** | " + " | ".join("" for _ in severities) + " | "
                + " | ".join(f"{result['mean_drop'][k]:.2f}" for k in keys) + " |")
