@@ -145,34 +145,65 @@ def test_hash_positives_need_labels(tmp_path):
                 str(tmp_path / "run2"))
 
 
+def _first_step_metrics(batch, *overrides) -> dict:
+  """The metrics of one train step of a 16-bit tiny model from seed 0 on `batch`."""
+  import jax
+
+  from helpers import tiny_config
+  from rsjax import parallel
+
+  config = tiny_config("model.hashing.bits=16", "train.loss_sharding=auto", *overrides)
+  mesh = parallel.make_mesh(config, jax.devices()[:1])
+  model, tx = state_lib.create_model(config), optim.make_optimizer(config.train)
+  state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(0))
+  step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh),
+                                       shardings, mesh)
+  with jax.set_mesh(mesh):
+    _, m = step(state, parallel.shard_batch(batch, mesh))
+  return {k: float(v) for k, v in jax.device_get(m).items()}
+
+
 def test_hash_positives_set_apart_from_the_contrastive_ones():
   """train.hash_positives changes the hashing similarity only: with pairwise contrastive positives
   and hashing by class, the contrastive loss is the pairwise run's and the hashing likelihood the
   by-class run's, from the same weights on the same batch."""
-  import jax
-
-  from helpers import random_batches, tiny_config
-  from rsjax import parallel
+  from helpers import random_batches
 
   batch = {**random_batches(seed=0, count=1)[0], "label": np.arange(16, dtype=np.int32) % 3}
-
-  def first_step(*overrides):
-    config = tiny_config("model.hashing.bits=16", "train.loss_sharding=auto", *overrides)
-    mesh = parallel.make_mesh(config, jax.devices()[:1])
-    model, tx = state_lib.create_model(config), optim.make_optimizer(config.train)
-    state, shardings = state_lib.init_state(model, tx, config, mesh, jax.random.key(0))
-    step = train_step.compile_train_step(train_step.make_train_step(model, tx, config, mesh), shardings,
-                                    mesh)
-    with jax.set_mesh(mesh):
-      _, m = step(state, parallel.shard_batch(batch, mesh))
-    return {k: float(v) for k, v in jax.device_get(m).items()}
-
-  pairs = first_step("train.positives=pair")
-  classes = first_step("train.positives=label")
-  mixed = first_step("train.positives=pair", "train.hash_positives=label")
+  pairs = _first_step_metrics(batch, "train.positives=pair")
+  classes = _first_step_metrics(batch, "train.positives=label")
+  mixed = _first_step_metrics(batch, "train.positives=pair", "train.hash_positives=label")
   assert mixed["contrastive_loss"] == pytest.approx(pairs["contrastive_loss"], rel=1e-6)
   assert mixed["hash_similarity"] == pytest.approx(classes["hash_similarity"], rel=1e-6)
   assert abs(mixed["hash_similarity"] - pairs["hash_similarity"]) > 1e-3
+
+
+def test_caption_positives_match_rows_of_the_same_caption_text():
+  """train.positives=caption: rows whose token ids are equal (three captions repeated over 16
+  rows, as "no change" repeats over change pairs) are positives, exactly as labels naming the
+  caption would make them; in the contrastive and in the hashing loss."""
+  from helpers import random_batches
+
+  batch = random_batches(seed=0, count=1)[0]
+  batch["tokens"] = batch["tokens"][np.arange(16) % 3]
+  by_label = {**batch, "label": np.arange(16, dtype=np.int32) % 3}
+  labels = _first_step_metrics(by_label, "train.positives=label")
+  captions = _first_step_metrics(batch, "train.positives=caption")
+  pairs = _first_step_metrics(batch, "train.positives=pair")
+  for key in ("contrastive_loss", "hash_similarity", "grad_norm"):
+    assert captions[key] == pytest.approx(labels[key], rel=1e-5), key
+  # (Identical texts have identical logits, so the loss value equals the pairwise one; its
+  # gradient does not.)
+  assert abs(captions["grad_norm"] - pairs["grad_norm"]) > 1e-2 * pairs["grad_norm"]
+  moved = batch["tokens"].copy()
+  moved[3, 1] += 1  # row 3 is no longer row 0's text: a group of its own
+  own = np.arange(16) % 3
+  own[3] = 3
+  same = train_step.positives_matrix("caption", {"tokens": moved})
+  assert (np.asarray(same) == (own[:, None] == own[None, :])).all()
+  with pytest.raises(ValueError, match="'train.positives': unknown 'text' \\(use pair, label, "
+                     "caption\\)"):
+    _first_step_metrics(batch, "train.positives=text")
 
 
 def test_rsscn7_recipe_loads_the_real_set(shared_data, tmp_path):

@@ -47,33 +47,54 @@ def split_micro_batches(x: jax.Array, k: int, mesh=None) -> jax.Array:
   return micro
 
 
-def positives_by_label(t: ml_collections.ConfigDict) -> bool:
-  """train.positives: "pair" (only image i matches caption i) or "label" (same class matches)."""
-  positives = t.get("positives", "pair")
-  if positives not in ("pair", "label"):
-    raise ConfigError(f"config key 'train.positives': unknown {positives!r} (use pair or label)")
-  return positives == "label"
+POSITIVES = ("pair", "label", "caption")
 
 
-def hash_positives_by_label(t: ml_collections.ConfigDict) -> bool:
-  """train.hash_positives: the hashing loss's similarity, "pair" or "label" as train.positives;
-  empty (the default) follows train.positives. Set apart, a run can change the contrastive loss's
-  positives while the hash codes keep learning classes."""
-  positives = t.get("hash_positives", "")
-  if positives == "":
-    return positives_by_label(t)
-  if positives not in ("pair", "label"):
-    raise ConfigError(f"config key 'train.hash_positives': unknown {positives!r} "
-                     "(use pair, label, or empty to follow train.positives)")
-  return positives == "label"
+def positives_kind(t: ml_collections.ConfigDict, key: str = "positives") -> str:
+  """train.positives: "pair" (only image i matches caption i), "label" (images of the same class
+  match too) or "caption" (rows whose captions are the same text match too: change pairs share
+  "no change"-like captions that must not be pushed apart as negatives). train.hash_positives:
+  the same choices for the hashing loss; empty (its default) follows train.positives, so that a
+  run can change the contrastive positives while the codes keep learning classes."""
+  kind = t.get(key, "pair" if key == "positives" else "")
+  if key == "hash_positives" and kind == "":
+    return positives_kind(t)
+  if kind not in POSITIVES:
+    empty = ", or empty to follow train.positives" if key == "hash_positives" else ""
+    raise ConfigError(f"config key 'train.{key}': unknown {kind!r} (use "
+                      f"{', '.join(POSITIVES)}{empty})")
+  return kind
 
 
 def label_key(config: ml_collections.ConfigDict) -> str | None:
   """The config key that makes training read each image's class, or None when none does."""
-  if positives_by_label(config.train):
+  if positives_kind(config.train) == "label":
     return "train.positives"
-  if config.model.hashing.bits and hash_positives_by_label(config.train):
+  if config.model.hashing.bits and positives_kind(config.train, "hash_positives") == "label":
     return "train.hash_positives"
+  return None
+
+
+def caption_fingerprints(tokens: jax.Array) -> jax.Array:
+  """[B, L] token ids -> [B, 2] uint32: two polynomial hashes of each row. Rows of the same
+  caption text have equal fingerprints; unequal rows collide with probability ~B^2 / 2^64, and
+  comparing fingerprints costs [B, B], not the [B, B, L] of comparing rows."""
+  powers = jnp.stack([jnp.full(tokens.shape[1], base, jnp.uint32) ** jnp.arange(
+      tokens.shape[1], dtype=jnp.uint32) for base in (1000003, 2654435761)], 1)  # [L, 2]
+  # An elementwise product and sum (wrapping mod 2^32), not a dot: integer dots are not on
+  # every accelerator.
+  return jnp.sum((tokens.astype(jnp.uint32) + 1)[:, :, None] * powers[None], axis=1,
+                 dtype=jnp.uint32)
+
+
+def positives_matrix(kind: str, batch: dict) -> jax.Array | None:
+  """[B, B] bool of the matching (image, caption) rows of `batch`, or None for "pair" (the
+  diagonal only)."""
+  if kind == "label":
+    return batch["label"][:, None] == batch["label"][None, :]
+  if kind == "caption":
+    f = caption_fingerprints(batch["tokens"])
+    return jnp.all(f[:, None, :] == f[None, :, :], axis=-1)
   return None
 
 
@@ -117,10 +138,10 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
                      "(use ring, auto or all_gather)")
   ring_mesh = mesh if (multi and t.loss_sharding == "ring") else None
   gather = multi and t.loss_sharding == "all_gather"
-  by_label, hash_by_label = positives_by_label(t), hash_positives_by_label(t)
-  if by_label and (ring_mesh is not None or gather):
-    raise ConfigError("config key 'train.positives': 'label' needs train.loss_sharding='auto' "
-                     "on a mesh of several data-parallel devices")
+  kind, hash_kind = positives_kind(t), positives_kind(t, "hash_positives")
+  if kind != "pair" and (ring_mesh is not None or gather):
+    raise ConfigError(f"config key 'train.positives': '{kind}' needs train.loss_sharding='auto' "
+                      "on a mesh of several data-parallel devices")
   prefix_bits = tuple(t.get("hash_prefix_bits", ()))
   if any(not 0 < b < hashing.bits for b in prefix_bits):
     raise ConfigError(f"config key 'train.hash_prefix_bits': {prefix_bits} must lie strictly "
@@ -139,17 +160,16 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
           in_specs=({k: P() for k in keys},), out_specs=P())
       loss = whole({k: out[k] for k in keys})
     else:
-      positives = None
-      if by_label:  # images and captions of the same class are matches too
-        positives = batch["label"][:, None] == batch["label"][None, :]
+      positives = positives_matrix(kind, batch)  # None: image i matches caption i only
       loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin,
                               positives=positives)
     terms = {"contrastive_loss": loss}
     if hashing.bits:
-      # Relevance by pairing (image i and caption j are similar only when i == j), or by class.
-      n = out["image_hash"].shape[0]
-      similarity = (batch["label"][:, None] == batch["label"][None, :]).astype(jnp.float32) \
-          if hash_by_label else jnp.eye(n, dtype=jnp.float32)
+      # Relevance by pairing (image i and caption j are similar only when i == j), by class or
+      # by caption text.
+      same = positives_matrix(hash_kind, batch)
+      similarity = (jnp.eye(out["image_hash"].shape[0], dtype=jnp.float32) if same is None
+                    else same.astype(jnp.float32))
       # Nested codes: the same loss on the leading bits, so that a prefix of the K-bit code is a
       # usable shorter code (one head serves 16/32/64-bit archives). Mean over the code lengths.
       hash_total = jnp.zeros((), jnp.float32)
