@@ -61,9 +61,10 @@ def get_config(arg=None):
       # e.g. (16, 32) for a 64-bit head whose prefixes serve as 16- and 32-bit codes.
       hash_prefix_bits=(),
       # "pair": image i matches caption i only; "label": images and captions of the same class
-      # match too (label-only sets such as RSSCN7; clip / siglip losses).
+      # match too (label-only sets such as RSSCN7; clip / siglip losses); "caption": rows of the
+      # same caption text match too (change pairs sharing "no change" captions).
       positives="pair",
-      # The hashing similarity's positives, "pair" or "label"; empty: as train.positives.
+      # The hashing similarity's positives, "pair", "label" or "caption"; empty: as train.positives.
       hash_positives="",
       hash_temperature=0.3,
       learning_rate=1.2e-3,
