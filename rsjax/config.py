@@ -82,8 +82,10 @@ SHARED_KEYS = {
     # written in the background while training goes on (benchmarks/checkpoint.py measures the
     # stall). step_timeout_s: a step (or save) of a multi-process run that takes longer stops
     # the process with an error naming the step (another process died or hangs); 0: off.
+    # change_weight: a change encoder's (model.temporal) change / no-change head, trained by
+    # binary cross-entropy on each pair's "changed" flag with this weight.
     "train": {"frozen": (), "frozen_dtype": "float32", "async_checkpoints": True,
-              "step_timeout_s": 600.0},
+              "step_timeout_s": 600.0, "change_weight": 1.0},
     # Distillation: a teacher (run workdir or converted folder) whose image-text softmax the
     # student matches, with this weight beside the contrastive loss.
     "distill": {"teacher": "", "weight": 1.0},

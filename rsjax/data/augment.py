@@ -53,9 +53,10 @@ class Dihedral:
   turns: int = 0
 
   def apply_image(self, image: np.ndarray) -> np.ndarray:
-    """[H, W, C] -> transformed [W or H, ..., C] (contiguous)."""
-    out = image[:, ::-1] if self.flip else image
-    return np.ascontiguousarray(np.rot90(out, self.turns)) if self.turns else \
+    """[..., H, W, C] -> transformed [..., W or H, H or W, C] (contiguous): every image of a
+    date sequence [T, H, W, C] the same way."""
+    out = image[..., ::-1, :] if self.flip else image
+    return np.ascontiguousarray(np.rot90(out, self.turns, axes=(-3, -2))) if self.turns else \
         np.ascontiguousarray(out)
 
   def apply_pil(self, image: Image.Image) -> Image.Image:

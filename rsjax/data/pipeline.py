@@ -89,21 +89,28 @@ def _pick_caption(record: dict, rng: np.random.Generator) -> dict:
 
 
 def _random_dihedral_image(record: dict, rng: np.random.Generator) -> dict:
-  """One of the 8 flips / quarter turns of the image, drawn uniformly (captions untouched)."""
+  """One of the 8 flips / quarter turns of the image, drawn uniformly (captions untouched); the
+  same one for every date of a sequence [T, H, W, 3]."""
   return {**record, "image": augment.random_dihedral(rng).apply_image(record["image"])}
 
 
 def _corrupted_image(record: dict, rng: np.random.Generator, corruptions=None) -> dict:
-  """The robust-training augmentation (a corruptions.TrainCorruptions), drawn from grain's rng."""
-  return {**record, "image": corruptions.apply(record["image"], rng)}
+  """The robust-training augmentation (a corruptions.TrainCorruptions), drawn from grain's rng;
+  each date of a sequence [T, H, W, 3] drawn on its own (acquisitions differ in weather)."""
+  image = record["image"]
+  if image.ndim == 4:
+    return {**record, "image": np.stack([corruptions.apply(d, rng) for d in image])}
+  return {**record, "image": corruptions.apply(image, rng)}
 
 
 def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   labels: np.ndarray | None = None, dihedral: bool = False,
-                  corruptions=None) -> grain.MapDataset:
+                  corruptions=None, extras: dict[str, np.ndarray] | None = None
+                  ) -> grain.MapDataset:
   """Endless batches {'image': [b, H, W, 3] uint8, 'tokens': [b, L] int32}, b = this process's share
-  (plus 'label' [b] int32 when class labels [N] are given).
+  (plus 'label' [b] int32 when class labels [N] are given, and each of `extras` {name: [N, ...]}
+  under its name). A change set's images are date sequences [N, T, H, W, 3].
 
   dihedral: a random flip / quarter turn of each image. The captions are not rewritten, so the
   caller makes sure they hold no direction words (rsjax.data.annotated checks this).
@@ -112,7 +119,7 @@ def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed:
   Each process takes every `process_count`-th example of the shuffled stream, so the processes
   together cover a global batch of `batch_size * process_count` distinct examples.
   """
-  arrays = dict(image=images, tokens=tokens)
+  arrays = dict(image=images, tokens=tokens, **(extras or {}))
   if labels is not None:
     arrays["label"] = np.asarray(labels, np.int32)
 
@@ -131,7 +138,8 @@ def train_dataset(images: np.ndarray, tokens: np.ndarray, batch_size: int, seed:
 def train_iterator(images: np.ndarray, tokens: np.ndarray, global_batch: int, seed: int,
                    process_index: int = 0, process_count: int = 1,
                    labels: np.ndarray | None = None, dihedral: bool = False,
-                   corruptions=None) -> grain.DatasetIterator:
+                   corruptions=None, extras: dict[str, np.ndarray] | None = None
+                   ) -> grain.DatasetIterator:
   """A checkpointable iterator over `train_dataset`, with background prefetch threads."""
   return iterate(train_dataset(images, tokens, global_batch // process_count, seed, process_index,
-                               process_count, labels, dihedral, corruptions))
+                               process_count, labels, dihedral, corruptions, extras))

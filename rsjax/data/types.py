@@ -41,7 +41,7 @@ class PairSplit:
 
 @dataclasses.dataclass
 class RetrievalData:
-  train_images: np.ndarray    # [N, H, W, 3] uint8
+  train_images: np.ndarray    # [N, H, W, 3] uint8 (a change set: date sequences [N, T, H, W, 3])
   train_tokens: np.ndarray    # [N, C, L] int32, C captions per image (padding rows all 0)
   eval_splits: dict[str, EvalSplit]
   tokenizer: SentencePieceTokenizer  # or a ClipTokenizer (the same encode / decode)
@@ -51,6 +51,9 @@ class RetrievalData:
   train_labels: np.ndarray | None = None
   class_names: tuple[str, ...] = ()
   train_dihedral: bool = False  # random flips / quarter turns of the in-memory train images
+  # Further per-example train arrays, each [N, ...], that reach the batch under their name (a
+  # change set's "changed" [N] bool for the change / no-change head).
+  train_extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -21,11 +21,11 @@ from jax.sharding import Mesh
 
 from rsjax.console import log
 from rsjax.data.types import EvalSplit, RetrievalData
-from rsjax.evaluation import gallery, hashing, labels, recalls
+from rsjax.evaluation import change, gallery, hashing, labels, recalls
 from rsjax.evaluation.encode import SplitEncodings
 from rsjax.errors import ConfigError
 
-EVALUATORS = {m.NAME: m for m in (recalls, hashing, labels, gallery)}
+EVALUATORS = {m.NAME: m for m in (recalls, hashing, labels, change, gallery)}
 
 
 @dataclasses.dataclass

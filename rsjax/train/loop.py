@@ -58,7 +58,7 @@ def open_input(config: ml_collections.ConfigDict, workdir: str) -> tuple[Retriev
       data.train_images, data.train_tokens, t.batch_size, t.seed,
       jax.process_index(), jax.process_count(),
       labels=data.train_labels if label_source else None, dihedral=data.train_dihedral,
-      corruptions=corruptions.from_config(config.data))
+      corruptions=corruptions.from_config(config.data), extras=data.train_extras)
 
 
 class Start:

@@ -164,6 +164,14 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
       loss = contrastive_loss(t.loss, out, mesh=ring_mesh, margin=t.triplet_margin,
                               positives=positives)
     terms = {"contrastive_loss": loss}
+    if "change_logit" in out:  # a change encoder: "no change" is an answer of its own
+      if "changed" not in batch:
+        raise ConfigError("config key 'model.temporal': a change encoder trains its change / "
+                          "no-change head, but the batches have no 'changed' flags (the data "
+                          "set must be a change set, e.g. data.name='rs_synth_change')")
+      terms["change_loss"] = optax.sigmoid_binary_cross_entropy(
+          out["change_logit"].astype(jnp.float32), batch["changed"].astype(jnp.float32)).mean()
+      loss = loss + float(t.change_weight) * terms["change_loss"]
     if hashing.bits:
       # Relevance by pairing (image i and caption j are similar only when i == j), by class or
       # by caption text.

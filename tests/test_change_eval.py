@@ -1,0 +1,63 @@
+"""The `change` evaluator's metrics: relevance by caption text, subsets, no-change detection."""
+
+import numpy as np
+import pytest
+
+from rsjax.evaluation import change
+from rsjax.evaluation.recalls import retrieval_ranks
+from rsjax.data.captions_grammar import CHANGE_TYPES
+
+NONE, ADDED, ROAD = (CHANGE_TYPES.index(n) for n in ("none", "buildings_added", "road_built"))
+
+
+def four_pairs():
+  """Two unchanged pairs sharing "no change", two changed ones with captions of their own; each
+  pair's embedding is its caption's (a model that got every pair right)."""
+  captions = ["no change", "no change", "a house was built", "a road was built"]
+  text_to_pair = np.array([0, 1, 2, 3])
+  text_emb = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+  image_emb = text_emb.copy()
+  changed = np.array([False, False, True, True])
+  kind = np.array([NONE, NONE, ADDED, ROAD])
+  return image_emb, text_emb, captions, text_to_pair, changed, kind
+
+
+def test_a_shared_caption_matches_every_pair_that_has_it():
+  image_emb, text_emb, captions, owner, changed, kind = four_pairs()
+  out = change.change_metrics(image_emb, text_emb, captions, owner, changed, kind)
+  assert out["recalls"]["all"]["mR"] == 100.0
+  assert set(out["recalls"]) == {"all", "changed", "unchanged", "none", "buildings_added",
+                                 "road_built"}
+  # By pairing, the second "no change" caption ranks pair 0 first (a tie, lower index): a miss.
+  _, t2i = retrieval_ranks(image_emb, text_emb, owner)
+  assert t2i.tolist() == [0, 1, 0, 0]
+  # A wrong change embedding costs only its own subsets.
+  image_emb[3] = [0, 1, 0]  # the road pair looks like the house pair
+  out = change.change_metrics(image_emb, text_emb, captions, owner, changed, kind)
+  assert out["recalls"]["unchanged"]["mR"] == 100.0 and out["recalls"]["buildings_added"]["mR"] == 100.0
+  assert out["recalls"]["road_built"]["i2t_r1"] == 0.0
+  assert out["recalls"]["road_built"]["t2i_r1"] == 0.0 and out["recalls"]["road_built"]["t2i_r5"] == 100.0
+
+
+def test_ranks_break_ties_by_index_and_count_queries_without_relevant_items():
+  sim = np.array([[0.5, 0.5, 0.1], [0.2, 0.9, 0.9]])
+  relevant = np.array([[False, True, False], [False, False, False]])
+  assert change.ranks_by_relevance(sim, relevant).tolist() == [1, 3]
+
+
+def test_no_change_detection():
+  image_emb, text_emb, captions, owner, changed, kind = four_pairs()
+  logits = np.array([-2.0, 0.5, 3.0, 1.0])  # pair 1 wrongly called changed
+  d = change.change_metrics(image_emb, text_emb, captions, owner, changed, kind, logits)["detection"]
+  assert d == pytest.approx({"accuracy": 75.0, "changed_recall": 100.0, "unchanged_recall": 50.0,
+                             "balanced": 75.0})
+
+
+def test_pair_labels_from_caption_labels():
+  from rsjax.data.types import EvalSplit
+
+  split = EvalSplit(images=np.zeros((2, 2, 4, 4, 3), np.uint8), tokens=np.zeros((3, 4), np.int32),
+                    text_to_image=np.array([0, 0, 1]), captions=["a", "b", "no change"],
+                    labels={"changed": np.array([1, 1, 0]), "change": np.array([ROAD, ROAD, NONE])})
+  changed, kind = change.pair_labels(split)
+  assert changed.tolist() == [True, False] and kind.tolist() == [ROAD, NONE]
