@@ -61,3 +61,33 @@ def test_pair_labels_from_caption_labels():
                     labels={"changed": np.array([1, 1, 0]), "change": np.array([ROAD, ROAD, NONE])})
   changed, kind = change.pair_labels(split)
   assert changed.tolist() == [True, False] and kind.tolist() == [ROAD, NONE]
+
+
+def test_retrieval_as_captioning_leaves_the_pairs_own_captions_out():
+  from rsjax.evaluation import captioning
+
+  image_emb, text_emb, captions, owner, changed, kind = four_pairs()
+  top = captioning.retrieved_captions(image_emb, text_emb, captions, owner)
+  # An unchanged pair gets the other's "no change"; a changed pair cannot get its own caption.
+  assert top[:2] == ["no change", "no change"]
+  assert top[2] != "a house was built" and top[3] != "a road was built"
+  out = change.change_metrics(image_emb, text_emb, captions, owner, changed, kind)["captioning"]
+  assert set(out) == {"all", "changed", "unchanged"}
+  # (Two-word captions have no 3- or 4-grams: BLEU-4 is ~0 even for an exact match.)
+  assert all(0.0 <= v["bleu4"] < 1.0 and np.isfinite(v["cider_d"]) for v in out.values())
+
+
+def test_caption_scores():
+  from rsjax.evaluation import captioning
+
+  assert captioning.normalize("Two  buildings, built!") == "two buildings built"
+  refs = [["a road was built across the middle", "a new road crosses the middle"],
+          ["two houses were built in the upper left", "houses appeared at the top left"]]
+  same = captioning.caption_scores(["A road was built across the middle.",
+                                    "two houses were built in the upper left"], refs)
+  assert same["bleu4"] == pytest.approx(100.0, abs=1e-4) and same["cider_d"] > 100.0
+  swapped = captioning.caption_scores(["two houses were built in the upper left",
+                                       "a road was built across the middle"], refs)
+  assert swapped["bleu4"] < 50.0 and swapped["cider_d"] < 0.5 * same["cider_d"]
+  with pytest.raises(ValueError, match="at least one reference"):
+    captioning.caption_scores(["x"], [[]])

@@ -9,6 +9,9 @@ pairing would count a "no change" caption's other unchanged pairs as misses.) Re
 for every query (`all`), for the queries of changed and of unchanged pairs, and per change type;
 the gallery is always the whole split.
 
+Retrieval as captioning (rsjax/evaluation/captioning.py): BLEU-4 and CIDEr-D of each pair's
+top-ranked caption among the other pairs', for all, changed and unchanged pairs.
+
 No-change detection: a pair is called changed when its change logit is > 0; `accuracy` over all
 pairs, `changed_recall` (changed pairs called changed), `unchanged_recall`, and `balanced` (their
 mean).
@@ -21,6 +24,7 @@ import numpy as np
 
 from rsjax import metrics
 from rsjax.data.captions_grammar import CHANGE_TYPES
+from rsjax.evaluation import captioning
 from rsjax.evaluation.encode import encode_in_batches
 from rsjax.pixels import normalize_images
 
@@ -74,6 +78,12 @@ def change_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[s
              for name, mask in subsets.items() if mask.any()}
   out = {"recalls": recalls, "num_pairs": int(len(image_emb)),
          "num_changed": int(changed.sum())}
+  if len(image_emb) > 1:  # retrieval as captioning needs other pairs' captions to retrieve
+    hypotheses = captioning.retrieved_captions(image_emb, text_emb, captions, text_to_pair)
+    refs = captioning.pair_references(captions, text_to_pair, len(image_emb))
+    out["captioning"] = {name: captioning.caption_scores(
+        [h for h, m in zip(hypotheses, mask) if m], [r for r, m in zip(refs, mask) if m])
+        for name, mask in subsets.items() if name in ("all", "changed", "unchanged") and mask.any()}
   if change_logit is not None:
     called = np.asarray(change_logit) > 0
     right = called == changed
@@ -113,6 +123,9 @@ def summary(result: dict) -> str:
   r = result["recalls"]
   parts = [f"{name} {r[name]['mR']:.2f}" for name in r]
   line = "change retrieval by caption text, mR (percent): " + ", ".join(parts)
+  if "captioning" in result:
+    c = result["captioning"]["all"]
+    line += f"; top caption BLEU-4 {c['bleu4']:.2f}, CIDEr-D {c['cider_d']:.2f}"
   if "detection" in result:
     d = result["detection"]
     line += (f"; no-change detection: accuracy {d['accuracy']:.2f}, balanced "
