@@ -10,8 +10,8 @@ import sys
 from rsjax import errors
 
 # Order is the order of `rsjax --help`. A new subcommand adds its module name here.
-COMMANDS = ("train", "eval", "index", "search", "serve", "report", "data", "convert", "export",
-            "plan")
+COMMANDS = ("train", "eval", "index", "search", "explain", "serve", "report", "data", "convert",
+            "export", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

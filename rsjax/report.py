@@ -14,13 +14,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import io
 import json
 import os
 
 import numpy as np
 
-from rsjax import report_robustness
+from rsjax import report_gallery, report_robustness
 from rsjax.errors import InputError
 from rsjax.report_figures import html_table as _html_table
 from rsjax.report_figures import md_table as _table
@@ -118,18 +117,6 @@ def pr_curves(curves: dict[str, dict]) -> bytes | None:
   ax.set_title("Hamming ranking: precision-recall by radius")
   ax.legend(fontsize=8)
   return _png(fig)
-
-
-def thumbnail(image: np.ndarray, hit: bool | None = None, size: int = 96) -> bytes:
-  """[H, W, 3] uint8 -> PNG bytes, enlarged to `size`, framed green (hit) or red (miss)."""
-  from PIL import Image, ImageOps
-
-  img = Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.NEAREST)
-  if hit is not None:
-    img = ImageOps.expand(img, border=4, fill=(30, 160, 60) if hit else (200, 40, 40))
-  buf = io.BytesIO()
-  img.save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def collect(workdir: str) -> dict:
@@ -247,17 +234,22 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
 
   g = data["gallery"]
   if g is not None:
-    md.extend(["## Retrieval gallery", "", "Text query -> top images (green frame: the query's own "
-               "image, red: another image).", ""])
-    parts.append("<h2>Retrieval gallery</h2><p>Text query &rarr; top images (green frame: the "
-                 "query's own image, red: another image).</p>")
+    maps = g.get("maps")  # whole-query heat maps; absent from files older than them
+    note = ("Text query -> top images (green frame: the query's own image, red: another image)."
+            + (" Beside each: where it matches the query (cosine of the query with each region, "
+               "one colour scale per query, bright = high; `rsjax explain` draws one image with "
+               "a map per word)." if maps is not None else ""))
+    md.extend(["## Retrieval gallery", "", note, ""])
+    parts.append(f"<h2>Retrieval gallery</h2><p>{html.escape(note)}</p>")
     with _reading(gallery_path):
       for qi, caption in enumerate(g["captions"]):
         cells_md, cells_html = [], []
+        scale = report_gallery.row_range(maps, qi)
         for j in range(g["images"].shape[1]):
           hit = bool(g["hit"][qi, j])
           name = f"gallery_{qi}_{j}.png"
-          png = thumbnail(g["images"][qi, j], hit)
+          png = report_gallery.cell(g["images"][qi, j], hit,
+                                    None if maps is None else maps[qi, j], scale)
           images[name] = png
           cells_md.append(f"![{'hit' if hit else 'miss'}]({name})")
           cells_html.append(f"<figure><img alt='{'hit' if hit else 'miss'}' src='data:image/png;"

@@ -28,8 +28,9 @@ def open_in_browser(html_path) -> tuple[str, list[str]]:
   return proc.stdout, console
 
 
-def fake_run(workdir, with_gallery=True):
-  """The files a trained and evaluated run leaves, with made-up numbers."""
+def fake_run(workdir, with_gallery=True, with_maps=True):
+  """The files a trained and evaluated run leaves, with made-up numbers; `with_maps`: the gallery
+  has heat maps (an eval_gallery.npz older than them has none)."""
   workdir.mkdir(exist_ok=True)
   rows = [{"step": s, "loss": 4.0 / s, "lr": 1e-3} for s in range(1, 40)]
   rows += [{"step": 20, "val_mR": 11.0}, {"step": 39, "val_mR": 17.5}]
@@ -59,7 +60,9 @@ def fake_run(workdir, with_gallery=True):
     np.savez_compressed(workdir / "eval_gallery.npz", captions=np.array(["two planes", "a lake"]),
                         images=rng.integers(0, 255, (2, 3, 32, 32, 3), dtype=np.uint8),
                         hit=np.array([[True, False, False], [False, False, True]]),
-                        scores=rng.random((2, 3)).astype(np.float32))
+                        scores=rng.random((2, 3)).astype(np.float32),
+                        **({"maps": rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float16)}
+                           if with_maps else {}))
 
 
 def test_report_opens_in_chromium_without_errors_and_shows_its_images(tmp_path):
@@ -78,6 +81,21 @@ def test_report_opens_in_chromium_without_errors_and_shows_its_images(tmp_path):
   dom, console = open_in_browser(out / "report.html")
   assert f'data-images-loaded="{n_img}"' in dom, dom[:500]
   assert console == []
+  # Each gallery cell holds the framed thumbnail and, beside it, its heat map overlay.
+  from PIL import Image
+  assert Image.open(out / "gallery_0_0.png").size == (2 * 104 + 4, 104)
+  assert "where it matches the query" in md
+
+
+def test_gallery_without_heat_maps_still_gives_a_report(tmp_path):
+  """An eval_gallery.npz written before the heat maps (no 'maps') shows plain thumbnails."""
+  from PIL import Image
+
+  fake_run(tmp_path / "run", with_maps=False)
+  assert cli.main(["report", str(tmp_path / "run")]) == 0
+  out = tmp_path / "run" / "report"
+  assert Image.open(out / "gallery_1_2.png").size == (104, 104)
+  assert "where it matches" not in (out / "report.md").read_text()
 
 
 def test_browser_check_catches_broken_pages(tmp_path):

@@ -181,6 +181,24 @@ class ClipTokenizer:
                             for w in words if w))
     return texts
 
+  def words(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """One row of ids [L] -> (word, its positions in the row) per word, in order; the start and
+    end tokens and the padding after the end belong to no word. A piece ending in '</w>' ends one."""
+    row = [int(i) for i in ids]
+    end = row.index(self.end_id) if self.end_id in row else len(row)
+    out: list[tuple[str, list[int]]] = []
+    current: list[int] = []
+    for pos in range(end):
+      if row[pos] == self.start_id:
+        continue
+      current.append(pos)
+      if self._pieces[row[pos]].endswith("</w>"):
+        out.append((self.decode([[row[p] for p in current]])[0], current))
+        current = []
+    if current:  # a word cut by the context length
+      out.append((self.decode([[row[p] for p in current]])[0], current))
+    return out
+
   def spec(self) -> dict:
     """What a converted checkpoint records so that rsjax tokenizes as the original did."""
     return {"kind": "clip_bpe", "context_length": CONTEXT_LENGTH, "vocab_size": self.vocab_size,

@@ -70,3 +70,17 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: np.ndarray) -> list[str]:
     return [self._sp.decode([int(i) for i in row if i not in (PAD, EOS)]) for row in np.asarray(ids)]
+
+  def words(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """One row of ids [L] -> (word, its positions in the row) per word, in order; padding and
+    end-of-text belong to no word. A piece starting with U+2581 (SentencePiece's space) starts one."""
+    out: list[tuple[list[int], list[int]]] = []
+    for pos, i in enumerate(int(i) for i in ids):
+      if i in (PAD, BOS, EOS):
+        continue
+      if not out or self._sp.id_to_piece(i).startswith("\u2581"):
+        out.append(([], []))
+      out[-1][0].append(i)
+      out[-1][1].append(pos)
+    words = [(self._sp.decode(pieces).strip(), positions) for pieces, positions in out]
+    return [(w, positions) for w, positions in words if w]

@@ -109,9 +109,12 @@ class FeaturePyramid(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, taps: dict[int, jax.Array]) -> dict:
+  def __call__(self, taps: dict[int, jax.Array], regions: bool = False) -> dict:
+    """`regions` adds "contributions" {stride: [B, h, w, E]}: what each position of a level adds
+    to the embedding when that level's pooling takes it alone (the heat maps' pyramid regions;
+    the same parameters, none added)."""
     gh, gw = self.grid
-    pooled, maps = [], {}
+    pooled, maps, alone = [], {}, []
     for layer, stride in self.levels:
       tokens = taps[layer][:, 1:]  # drop [CLS]
       fmap = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
@@ -121,14 +124,26 @@ class FeaturePyramid(nn.Module):
       maps[stride] = fmap
       flat = fmap.reshape(fmap.shape[0], -1, self.channels)
       if self.pool == "attention":
-        pooled.append(AttentionPool(dtype=self.dtype, name=f"pool_s{stride}")(flat))
+        pool = AttentionPool(dtype=self.dtype, name=f"pool_s{stride}")
       elif self.pool == "gem":
-        pooled.append(GeMPool(name=f"pool_s{stride}")(flat))
+        pool = GeMPool(name=f"pool_s{stride}")
       else:
         raise ConfigError(f"config key 'model.image.pyramid.pool': unknown pyramid pooling "
                           f"'{self.pool}' (use 'attention' or 'gem')")
-    fused = nn.Dense(self.embed_dim, dtype=self.dtype, name="fuse",
-                     kernel_init=logical(nn.initializers.lecun_normal(), (None, "embed")))(
-                         jnp.concatenate(pooled, -1))
+      pooled.append(pool(flat))
+      if regions:  # every position pooled on its own: [B * h * w, 1, C] -> [B, h, w, C]
+        alone.append(pool(flat.reshape(-1, 1, self.channels)).reshape(fmap.shape))
+    fuse = nn.Dense(self.embed_dim, dtype=self.dtype, name="fuse",
+                    kernel_init=logical(nn.initializers.lecun_normal(), (None, "embed")))
+    fused = fuse(jnp.concatenate(pooled, -1))
     gate = self.param("gate", nn.initializers.zeros, ())
-    return {"embedding": gate * fused, "maps": maps}
+    out = {"embedding": gate * fused, "maps": maps}
+    if regions:
+      # fuse is affine over the levels' concatenation: a level's share is fuse with the other
+      # levels' slots at zero, less fuse(0).
+      zero = fuse(jnp.zeros((1, self.channels * len(self.levels)), self.dtype))
+      out["contributions"] = {}
+      for i, (_, stride) in enumerate(self.levels):
+        parts = [alone[i] if j == i else jnp.zeros_like(alone[i]) for j in range(len(alone))]
+        out["contributions"][stride] = gate * (fuse(jnp.concatenate(parts, -1)) - zero)
+    return out

@@ -43,7 +43,9 @@ class TextTransformer(nn.Module):
   peft: Settings = OFF  # LoRA / adapters in the encoder's blocks
 
   @nn.compact
-  def __call__(self, ids: jax.Array) -> dict:
+  def __call__(self, ids: jax.Array, per_token: bool = False) -> dict:
+    """`per_token` adds "token_embeddings" [B, L, E]: each position's token through the projection
+    of the pooled embedding (the same parameters; a learned [CLS] is left out)."""
     batch, length = ids.shape
     if length > self.context_length:
       raise ValueError(f"text length {length} exceeds context_length {self.context_length}")
@@ -88,5 +90,8 @@ class TextTransformer(nn.Module):
     else:
       raise ConfigError(f"config key 'model.text.pool': unknown text pooling '{self.pool}' (use "
                         "'eot', 'argmax', 'cls' or 'mean')")
-    embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
-    return {"embedding": embedding, "tokens": x}
+    proj = ProjectionHead(self.embed_dim, self.projection, name="proj")
+    out = {"embedding": proj(pooled), "tokens": x}
+    if per_token:
+      out["token_embeddings"] = proj(x[:, 1:] if self.pool == "cls" else x)
+    return out

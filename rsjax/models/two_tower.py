@@ -71,6 +71,20 @@ class TwoTower(nn.Module):
   def encode_text(self, ids: jax.Array) -> jax.Array:
     return l2_normalize(self.text(ids)["embedding"])
 
+  def image_regions(self, images: jax.Array) -> dict:
+    """[B, H, W, 3] -> {"embedding" [B, E], "patches" [B, gh, gw, E], and with a pyramid
+    "regions" {stride: [B, h, w, E]}}, none normalised: the pooled embedding and the vectors of
+    patches / pyramid regions in the same space (rsjax/evaluation/heatmaps.py)."""
+    out = self.image(images, regions=True)
+    return {"embedding": out["embedding"], "patches": out["patch_embeddings"],
+            **({"regions": out["region_embeddings"]} if "region_embeddings" in out else {})}
+
+  def text_tokens(self, ids: jax.Array) -> dict:
+    """[B, L] -> {"embedding" [B, E], "tokens" [B, L, E]}, not normalised: the pooled embedding
+    and each token position's vector in the same space."""
+    out = self.text(ids, per_token=True)
+    return {"embedding": out["embedding"], "tokens": out["token_embeddings"]}
+
   def hash_image(self, images: jax.Array) -> jax.Array:
     """Bit-packed image codes uint8 [B, K/8]."""
     return pack_codes(self.image_hash(self.image(images)["embedding"], train=False))

@@ -90,7 +90,11 @@ class VisionTransformer(nn.Module):
                 kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")))(x)
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> dict:
+  def __call__(self, images: jax.Array, regions: bool = False) -> dict:
+    """`regions` adds what the heat maps need (rsjax/evaluation/heatmaps.py), from the same
+    parameters: "patch_embeddings" [B, gh, gw, E], each patch token through ln_post and the
+    projection of the pooled embedding, and with a pyramid "region_embeddings" {stride:
+    [B, h, w, E]}."""
     if self.input_norm == "clip":
       images = (images.astype(jnp.float32) * 0.5 + 0.5 - CLIP_MEAN) / CLIP_STD
     elif self.input_norm == "dataset":
@@ -125,15 +129,35 @@ class VisionTransformer(nn.Module):
     else:
       raise ConfigError(f"config key 'model.image.pool': unknown image pooling '{self.pool}' (use "
                         "'cls' or 'gap')")
-    pooled = LayerNorm(**kw, name="ln_post")(pooled)
-    embedding = ProjectionHead(self.embed_dim, self.projection, name="proj")(pooled)
+    ln_post = LayerNorm(**kw, name="ln_post")
+    proj = ProjectionHead(self.embed_dim, self.projection, name="proj")
+    embedding = proj(ln_post(pooled))
     out = {"embedding": embedding, "tokens": x[:, 1:], "grid": (gh, gw), "taps": tapped}
+    if regions:  # the same two modules again: shared parameters, none added
+      out["patch_embeddings"] = proj(ln_post(x[:, 1:])).reshape(batch, gh, gw, -1)
     if self.pyramid_levels:
       pyr = FeaturePyramid(self.pyramid_levels, self.patch_size, (gh, gw), self.pyramid_channels,
-                           self.embed_dim, self.pyramid_pool, self.dtype, name="pyramid")(tapped)
+                           self.embed_dim, self.pyramid_pool, self.dtype, name="pyramid")(
+                               tapped, regions)
       out["embedding"] = embedding + pyr["embedding"].astype(embedding.dtype)
       out["maps"] = pyr["maps"]
+      if regions:  # a level's region: the trunk's patch vector there plus the level's share
+        out["region_embeddings"] = {
+            stride: resample_grid(out["patch_embeddings"], self.patch_size, stride)
+            + share.astype(embedding.dtype) for stride, share in pyr["contributions"].items()}
     return out
+
+
+def resample_grid(x: jax.Array, source: int, target: int) -> jax.Array:
+  """A map at stride `source` [B, h, w, E] -> stride `target`: each cell repeated (finer) or
+  averaged over blocks (coarser), as the pyramid's levels are laid out."""
+  if target < source:
+    f = source // target
+    return jnp.repeat(jnp.repeat(x, f, axis=1), f, axis=2)
+  if target > source:
+    f = target // source
+    return nn.avg_pool(x, (f, f), strides=(f, f))
+  return x
 
 
 def interpolate_pos_embed(pos: np.ndarray, new_grid: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""`rsjax explain CHECKPOINT IMAGE "text"`: where in the image the text matches, as a PNG.
+
+The figure holds the image, the whole query's heat map over it and, with --words, one map per word
+of the query (rsjax/evaluation/heatmaps.py). All maps share one colour scale, so words compare.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rsjax.errors import InputError
+
+
+def _config(args):
+  """--config (with --set) when given, else the config the checkpoint was written with."""
+  from rsjax import config as config_lib
+  from rsjax import runs
+
+  if args.config:
+    return config_lib.load_config(args.config, args.set)
+  if args.set:
+    raise InputError("--set needs --config (the checkpoint's own config is used as it was saved)")
+  return runs.run_config(args.checkpoint)
+
+
+def _tokenizer(config, args):
+  """The run's tokenizer: data.tokenizer_path (CLIP BPE or a SentencePiece model) when the config
+  names one, else --tokenizer or the workdir's tokenizer.model."""
+  from rsjax import runs
+  from rsjax.data.tokenize import tokenizer_for
+  from rsjax.data.tokenizers import SentencePieceTokenizer
+
+  named = config.data.get("tokenizer_path", "")
+  if named and not args.tokenizer:
+    return tokenizer_for([], runs.run_workdir(args.checkpoint), config.model.text.vocab_size, named)
+  return SentencePieceTokenizer(runs.tokenizer_path(args.checkpoint, args.tokenizer))
+
+
+def figure_png(image, explanation) -> bytes:
+  """uint8 image [H, W, 3] and its Explanation -> PNG bytes: the image, the whole-query map and
+  each word's map, overlaid on one colour scale (cosine), with a colour bar."""
+  import numpy as np
+
+  from rsjax.report_gallery import overlay
+  from rsjax.report_figures import png, pyplot
+
+  plt = pyplot()
+  panels = [("query", explanation.query), *explanation.words]
+  lo = float(min(np.min(m) for _, m in panels))
+  hi = float(max(np.max(m) for _, m in panels))
+  fig, axes = plt.subplots(1, 1 + len(panels), figsize=(2.4 * (1 + len(panels)), 2.9),
+                           squeeze=False)
+  axes = axes[0]
+  axes[0].imshow(image)
+  axes[0].set_title("image", fontsize=9)
+  for ax, (name, heat) in zip(axes[1:], panels):
+    ax.imshow(overlay(image, heat, lo=lo, hi=hi))
+    ax.set_title(f"{name} (max {np.max(heat):.2f})" if name != "query" else
+                 f"whole query (max {np.max(heat):.2f})", fontsize=9)
+  for ax in axes:
+    ax.set_axis_off()
+  mappable = plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap="inferno")
+  fig.colorbar(mappable, ax=list(axes), shrink=0.8, label="cosine")
+  text = explanation.text if len(explanation.text) <= 90 else explanation.text[:87] + "..."
+  fig.suptitle(f"{text!r}: score {explanation.score:.3f}", fontsize=10)
+  return png(fig)
+
+
+def run(args) -> int:
+  if not args.text.strip():
+    raise InputError("the text is empty; give the words to look for in the image")
+  out = os.path.abspath(args.out)
+  if os.path.isdir(out):
+    raise InputError(f"--out {args.out} is a folder; give a PNG file name")
+  if not os.path.isdir(os.path.dirname(out)):
+    raise InputError(f"--out {args.out}: no folder {os.path.dirname(out)}")
+  if not os.path.isfile(args.image):
+    raise InputError(f"image {args.image} not found")
+
+  from rsjax import runs
+
+  if not runs.is_run_dir(args.checkpoint):
+    raise InputError(f"{args.checkpoint}: no checkpoint there (give the --workdir of an "
+                     "`rsjax train` run, or its checkpoints folder)")
+  config = _config(args)
+
+  from rsjax import atomic, parallel, search_inputs
+  from rsjax.commands.search import query_tokens
+  from rsjax.evaluation import heatmaps
+
+  image = search_inputs.load_image(args.image, config.data.image_size)  # CorruptImageError
+  tokenizer = _tokenizer(config, args)
+  ids = query_tokens(tokenizer, [args.text], config.model.text.context_length)
+  mesh = parallel.make_mesh(config)
+  model, params, step = runs.load_model(config, args.checkpoint, mesh)
+  if not heatmaps.supports(model):
+    raise InputError(f"{args.checkpoint}: this model gives no region vectors for heat maps")
+  maker = heatmaps.MapMaker(model, params, mesh, batch_size=1)
+  explanation = maker.explain(image, args.text, ids[0], tokenizer if args.words else None)
+  atomic.write_bytes(out, figure_png(image, explanation))
+  words = f"; {len(explanation.words)} word maps" if args.words else ""
+  print(f"wrote {out} (step {step}, score {explanation.score:.3f}, query map "
+        f"{explanation.query.min():.3f}..{explanation.query.max():.3f}{words})")
+  return 0
+
+
+def register(sub) -> None:
+  p = sub.add_parser("explain", help="heat map of where a text matches in an image (PNG)")
+  p.add_argument("checkpoint", help="a run's workdir or its checkpoints folder")
+  p.add_argument("image", help="an image file (resized to the model's data.image_size)")
+  p.add_argument("text", help="the query text")
+  p.add_argument("--out", default="explain.png", help="PNG to write (default explain.png)")
+  p.add_argument("--words", action="store_true", help="also one map per word of the text")
+  p.add_argument("--config", default=None,
+                 help="configs/NAME.py[:arg] (default: the config saved with the checkpoint)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a value of --config (repeatable)")
+  p.add_argument("--tokenizer", default=None,
+                 help="the run's SentencePiece model (default: WORKDIR/tokenizer.model)")
+  p.set_defaults(run=run)
