@@ -45,6 +45,7 @@ def test_eval_writes_per_split_hashing_and_zero_shot(run_dir, shared_data, capsy
   assert zs["num_images"] == 28 and zs["num_classes"] == 7 and 0 <= zs["top1"] <= 100
   gallery = np.load(os.path.join(run_dir, "eval_gallery.npz"))
   assert gallery["images"].shape[:2] == (4, 5) and gallery["hit"].dtype == bool
+  assert gallery["maps"].shape == (4, 5, 32, 32)  # each result's whole-query heat map
   assert "| val |" in capsys.readouterr().out
   assert rsjax("report", run_dir) == 0
   html = open(os.path.join(run_dir, "report", "report.html")).read()

@@ -188,6 +188,9 @@ def test_explain_writes_a_png_and_refuses_bad_input_in_one_line(run_dir, tmp_pat
   with Image.open(tmp_path / "query.png") as png:
     assert png.size[0] < wide[0]  # without --words: the image and the whole-query map only
   capsys.readouterr()
+  assert cli.main(["explain", run_dir, str(image), " ".join(["planes"] * 40), "--out",
+                   str(tmp_path / "long.png")]) == 0
+  assert "longer than the model reads" in capsys.readouterr().err  # 24 tokens read, 41 given
 
   corrupt = tmp_path / "corrupt.png"
   corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")

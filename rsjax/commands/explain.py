@@ -7,8 +7,11 @@ of the query (rsjax/evaluation/heatmaps.py). All maps share one colour scale, so
 from __future__ import annotations
 
 import os
+import sys
 
 from rsjax.errors import InputError
+
+COLUMNS = 6  # panels per row of the figure
 
 
 def _config(args):
@@ -48,9 +51,10 @@ def figure_png(image, explanation) -> bytes:
   panels = [("query", explanation.query), *explanation.words]
   lo = float(min(np.min(m) for _, m in panels))
   hi = float(max(np.max(m) for _, m in panels))
-  fig, axes = plt.subplots(1, 1 + len(panels), figsize=(2.4 * (1 + len(panels)), 2.9),
-                           squeeze=False)
-  axes = axes[0]
+  cols = min(COLUMNS, 1 + len(panels))
+  rows = -(-(1 + len(panels)) // cols)
+  fig, grid = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows + 0.4), squeeze=False)
+  axes = list(grid.ravel())
   axes[0].imshow(image)
   axes[0].set_title("image", fontsize=9)
   for ax, (name, heat) in zip(axes[1:], panels):
@@ -60,7 +64,7 @@ def figure_png(image, explanation) -> bytes:
   for ax in axes:
     ax.set_axis_off()
   mappable = plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap="inferno")
-  fig.colorbar(mappable, ax=list(axes), shrink=0.8, label="cosine")
+  fig.colorbar(mappable, ax=axes, shrink=0.8, label="cosine")
   text = explanation.text if len(explanation.text) <= 90 else explanation.text[:87] + "..."
   fig.suptitle(f"{text!r}: score {explanation.score:.3f}", fontsize=10)
   return png(fig)
@@ -85,12 +89,15 @@ def run(args) -> int:
   config = _config(args)
 
   from rsjax import atomic, parallel, search_inputs
-  from rsjax.commands.search import query_tokens
   from rsjax.evaluation import heatmaps
 
   image = search_inputs.load_image(args.image, config.data.image_size)  # CorruptImageError
   tokenizer = _tokenizer(config, args)
-  ids = query_tokens(tokenizer, [args.text], config.model.text.context_length)
+  length = config.model.text.context_length
+  ids, cut = tokenizer.encode_counting_cuts([args.text], length)  # SentencePiece and CLIP BPE
+  if cut:
+    print(f"rsjax explain: warning: the text is longer than the model reads "
+          f"(model.text.context_length {length} tokens); the rest is ignored", file=sys.stderr)
   mesh = parallel.make_mesh(config)
   model, params, step = runs.load_model(config, args.checkpoint, mesh)
   if not heatmaps.supports(model):
