@@ -18,8 +18,8 @@ Args (comma-separated, e.g. `:pyramid=0,dihedral=0,loss=pair`), for ablations (d
   pyramid=0|1   the feature pyramid over the trunk (default 0: it did not help, see below)
   dihedral=0|1  random flips / quarter turns of the train images (default 1)
   robust=P      with probability P a train image is corrupted (haze, cloud, noise, blur, JPEG, a
-                coarser GSD, exposure, sensor colours; severity 1..3); compare with
-                `rsjax eval --robustness` (default 0: off)
+                coarser GSD, exposure, sensor colours; severity 1..robust_max, default 3);
+                compare with `rsjax eval --robustness` (default 0: off)
   loss=label|pair|siglip  clip loss with same-class positives (default), plain pairwise clip,
                 or sigmoid loss with same-class positives; the hashing loss stays by class in all
                 three (train.hash_positives), so the variants differ only in the contrastive loss
@@ -109,7 +109,8 @@ def get_config(arg=None):
   )
 
   if float(args.get("robust", 0)):  # robust training: corrupted train images (data.corruptions)
-    c.data.corruptions = dict(probability=float(args["robust"]), max_severity=3, names=())
+    c.data.corruptions = dict(probability=float(args["robust"]),
+                              max_severity=int(args.get("robust_max", 3)), names=())
   c.model.update(embed_dim=128)
   c.model.image.update(width=128, depth=6, heads=2, patch_size=16, stem="conv", pool="gap",
                        mlp_ratio=4.0)
