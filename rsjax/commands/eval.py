@@ -60,7 +60,7 @@ def run(args) -> int:
   import jax
   import numpy as np
 
-  from rsjax import atomic, parallel, runs, search_inputs
+  from rsjax import atomic, parallel, runs, search_inputs, tensorboard
   from rsjax.console import log
   from rsjax.data.datasets import load_retrieval_data
   from rsjax.evaluation import hash_diagnostics, hashing, labels, registry, zero_shot
@@ -115,6 +115,13 @@ def run(args) -> int:
     return 0
   for file_name in (f"eval_full_step{step}.json", "eval_full.json"):
     atomic.write_json(os.path.join(workdir, file_name), results, indent=1)
+  tables = {"eval/recalls": format_table({n: r["retrieval"] for n, r in results["splits"].items()})}
+  for name, r in results["splits"].items():
+    if "robustness" in r:
+      from rsjax.evaluation import robustness
+      tables[f"eval/robustness/{name}"] = robustness.table(r["robustness"])
+  tensorboard.write_eval(workdir, step, {"splits": results["splits"],
+                                         "zero_shot": results["zero_shot"]}, tables)
   if gallery is not None:
     with atomic.atomic_file(os.path.join(workdir, "eval_gallery.npz")) as tmp:
       with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a bare name

@@ -23,6 +23,7 @@ from rsjax.data.datasets import load_retrieval_data
 from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
 from rsjax.evaluation.registry import config_evaluators, evaluate_run
+from rsjax import tensorboard
 from rsjax.metric_writer import MetricWriter
 from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, collective_work
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
@@ -219,6 +220,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
           # The save's all-gathers and barriers need every process, as the step's collectives do.
           with collective_work(watchdog, f"the checkpoint of step {step}", step, ckpt):
             ckpt.save(step, state, train_iter, config, base=begin.base)
+          writer.flush()  # the event files hold what the checkpoint holds
         if stop:
           ckpt.close()
           who = "SIGTERM received" if preempt.requested else "another process received SIGTERM"
@@ -233,6 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
     raise
   finally:
     watchdog.close()
+    writer.close()
   ckpt.close()
 
   results = evaluate_run(model, params_of(state), data, config, mesh)
@@ -243,7 +246,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None,
   write_json(os.path.join(workdir, "eval.json"), results)
   rows = {"step 0 (untrained)": results["step0"]} if "step0" in results else {}
   rows[f"step {t.steps}"] = results
-  log(f"{config.eval.split} split retrieval (percent):\n" + format_table(rows))
+  table = format_table(rows)
+  log(f"{config.eval.split} split retrieval (percent):\n" + table)
+  tensorboard.write_eval(workdir, t.steps, {config.eval.split: {
+      k: v for k, v in results.items() if k != "step0"}}, {"eval/recalls": table})
   return results
 
 
