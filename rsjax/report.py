@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from rsjax import report_gallery, report_robustness
+from rsjax import report_efficiency, report_gallery, report_robustness
 from rsjax.errors import InputError
 from rsjax.report_figures import html_table as _html_table
 from rsjax.report_figures import md_table as _table
@@ -221,6 +221,17 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
     header = ["data set", "images", "classes", "top-1", "mean per class"]
     md.extend(["## Zero-shot classification (percent)", "", _table(header, z_rows), ""])
     parts.append("<h2>Zero-shot classification (percent)</h2>" + _html_table(header, z_rows))
+
+  with _reading(full_path):
+    found = report_efficiency.rows(data["full"])
+  md.append("## Efficiency")
+  parts.append("<h2>Efficiency</h2>")
+  if found:
+    md.extend(["", _table(*found), ""])
+    parts.append(_html_table(*found))
+  else:
+    md.extend(["", report_efficiency.MISSING, ""])
+    parts.append(f"<p>{html.escape(report_efficiency.MISSING)}</p>")
 
   with _reading(full_path):
     for split, result in report_robustness.results(data["full"]).items():

@@ -46,10 +46,17 @@ def test_eval_writes_per_split_hashing_and_zero_shot(run_dir, shared_data, capsy
   gallery = np.load(os.path.join(run_dir, "eval_gallery.npz"))
   assert gallery["images"].shape[:2] == (4, 5) and gallery["hit"].dtype == bool
   assert gallery["maps"].shape == (4, 5, 32, 32)  # each result's whole-query heat map
-  assert "| val |" in capsys.readouterr().out
+  eff = res["efficiency"]  # the model's costs, measured on the first split
+  assert eff["params"]["total"] == sum(eff["params"][k] for k in ("image", "text", "other"))
+  assert eff["flops_per_image"] > eff["flops_per_caption"] > 0 and eff["images_per_s"] > 0
+  assert eff["bytes_per_image"] == {"dense_float16": 32, "dense_float32": 64, "binary": 4}
+  assert set(eff["query_ms"]) == {"dense", "binary"} and eff["num_images_searched"] == 16
+  out = capsys.readouterr().out
+  assert "| val |" in out and "efficiency on " in out
   assert rsjax("report", run_dir) == 0
   html = open(os.path.join(run_dir, "report", "report.html")).read()
   assert html.count("<img ") == 2 + 20  # curves, PR curves, 4 x 5 gallery
+  assert "FLOPs per image" in html and "images/s on " in html
 
 
 def test_index_search_append_and_refusals(run_dir, shared_data, tmp_path, capsys):

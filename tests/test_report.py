@@ -71,6 +71,7 @@ def test_report_opens_in_chromium_without_errors_and_shows_its_images(tmp_path):
   out = tmp_path / "run" / "report"
   md = (out / "report.md").read_text()
   assert "| step 39 | small_objects |" in md and "9.87" in md and "55.50" in md
+  assert "No efficiency figures: `rsjax eval` measures them" in md  # this run has none
   assert "| mean | 22.50 | 22.50 |" in md and "| cloud | 30.00 | 30.00 |" in md  # robustness
   for name in ("training_curves.png", "pr_curves.png", "robustness_2.png", "gallery_0_0.png"):
     assert f"]({name})" in md and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -98,6 +98,10 @@ def run(args) -> int:
       log(f"{name}, robustness (mR per severity; mean relative drop of each score, percent):\n"
           + robustness.table(out[robustness.NAME]))
     results["splits"][name] = out
+    if i == 0 and not args.no_efficiency:  # the model's costs, measured once on the first split
+      from rsjax.evaluation import efficiency
+      results["efficiency"] = efficiency.measure(ctx)
+      log(efficiency.summary(results["efficiency"]))
   log(f"retrieval at step {step} (percent):\n" + format_table(
       {name: r["retrieval"] for name, r in results["splits"].items()}))
   if config.model.hashing.bits:
@@ -152,4 +156,6 @@ def register(sub) -> None:
   p.add_argument("--robustness-severities", default="", metavar="1,3,5",
                  help="only these severities (default: 1,2,3,4,5)")
   p.add_argument("--robustness-seed", type=int, default=0, help="the corruptions' seed (0)")
+  p.add_argument("--no-efficiency", action="store_true",
+                 help="skip the efficiency figures (parameters, FLOPs, images/s, query latency)")
   p.set_defaults(run=run)
