@@ -182,8 +182,14 @@ def _road_band(img: np.ndarray, rng: np.random.Generator, orientation: str, band
   return (0.0, lo, float(size), hi) if orientation == "horizontal" else (lo, 0.0, hi, float(size))
 
 
-def render_temporal(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def render_temporal(spec: ChallengeSpec, index: int, *, stream: int | None = None,
+                    raw: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
   """A before/after pair, each [H, W, 3] uint8, and its record.
+
+  stream: the random stream id of the example (default the temporal subset's, 12; the temporal
+  train/val/test splits of rs_synth/temporal_splits.py use their own). raw: the unfinished float
+  images [H, W, 3] (no illumination or sensor noise yet) and the side-stream seed prefix in the
+  record's "_seed", for callers that add nuisance of their own.
 
   The change ("buildings_added" | "buildings_removed" | "road_built") lies inside "region_box"
   [x0, y0, x1, y1] (a grid cell, or a third of the image for a road; building shadows may reach a
@@ -195,7 +201,11 @@ def render_temporal(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, np.nda
   (an optional unchanged group, present on both dates).
   """
   size = int(spec.image_size)
-  rng, seed = _streams(spec, "temporal", index)
+  if stream is None:
+    rng, seed = _streams(spec, "temporal", index)
+  else:
+    seed = [spec.seed, int(stream), int(index)]
+    rng = np.random.default_rng(seed)
   landcover = choice(rng, TEMPORAL_LANDCOVERS)
   img = BACKGROUNDS[landcover](rng, size)
   water = water_source(img, landcover, seed + [1])
@@ -253,6 +263,8 @@ def render_temporal(spec: ChallengeSpec, index: int) -> tuple[np.ndarray, np.nda
             "region_box": None if region_box is None else [round(float(v), 3) for v in region_box],
             "captions": captions, "landcover": landcover, "river": river_cov is not None,
             "road": road, "buildings": buildings, "groups": groups}
+  if raw:
+    return before, after, {**record, "_seed": seed}
   return (finish(before, np.random.default_rng(seed + [2])),
           finish(after, np.random.default_rng(seed + [3])), record)
 
