@@ -29,12 +29,19 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict) -> TwoTower:
-  """The run's model; with train.frozen_dtype a tower whose base is frozen computes in it."""
-  return TwoTower(config.model, tower_dtypes=trainable.frozen_tower_dtypes(config.train))
+  """The run's model: a change encoder when the config has a model.temporal section
+  (rsjax/models/temporal.py), else the dual encoder; with train.frozen_dtype a tower whose base is
+  frozen computes in it."""
+  from rsjax.models.temporal import ChangeTwoTower, is_temporal
+
+  kind = ChangeTwoTower if is_temporal(config.model) else TwoTower
+  return kind(config.model, tower_dtypes=trainable.frozen_tower_dtypes(config.train))
 
 
 def _dummy_inputs(config: ml_collections.ConfigDict):
-  images = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
+  size = config.data.image_size
+  dates = (config.model.temporal.dates,) if "temporal" in config.model else ()
+  images = jnp.zeros((1, *dates, size, size, 3), jnp.float32)
   ids = jnp.ones((1, config.model.text.context_length), jnp.int32)
   return images, ids
 

@@ -98,8 +98,9 @@ class ChangeTwoTower(TwoTower):
   def _dates(self, images: jax.Array) -> dict:
     """[B, T, H, W, 3] -> {"embedding": [B, E] (not normalised), "change_logit": [B]}."""
     if images.ndim != 5:
-      raise ValueError(f"a change encoder takes [B, T, H, W, 3] date sequences, got shape "
-                       f"{images.shape}")
+      raise ConfigError(f"config key 'model.temporal': a change encoder takes date sequences "
+                        f"[B, T, H, W, 3], got images of shape {images.shape}; use a change set "
+                        "(data.name='rs_synth_change')")
     batch, dates = images.shape[:2]
     out = self.image(images.reshape(batch * dates, *images.shape[2:]))
     fusion = self.config.temporal.fusion
