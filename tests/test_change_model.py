@@ -80,3 +80,18 @@ def test_unknown_fusion_refused():
   model, _ = _model(fusion="bogus")
   with pytest.raises(ConfigError, match="model.temporal.fusion"):
     model.init(jax.random.PRNGKey(0), _dates(2), _ids())
+
+
+def test_change_regions_share_the_change_embedding_and_its_parameters(pair_model):
+  """image_regions: the change embedding (encode_image's, before normalising) and one vector per
+  trunk position, the fused difference token through the same projection; no new parameters."""
+  model, _, params, dates = pair_model
+  out = model.apply(params, dates, method=model.image_regions)
+  assert out["patches"].shape == (2, 4, 4, out["embedding"].shape[-1])
+  emb = model.apply(params, dates, method=model.encode_image)
+  unit = out["embedding"] / jnp.linalg.norm(out["embedding"], axis=-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(emb), np.asarray(unit), atol=1e-5)
+  regions_only = model.init(jax.random.PRNGKey(0), dates, method=model.image_regions)["params"]
+  paths = {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(regions_only)}
+  assert paths <= {jax.tree_util.keystr(k)
+                   for k, _ in jax.tree_util.tree_leaves_with_path(params["params"])}

@@ -56,7 +56,9 @@ class TokenFusion(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, regions: bool = False):
+    """regions: also the fused difference tokens of the last two dates [B, N, D], through the
+    same ln_post as the pooled vector (where the change is, for heat maps)."""
     batch, dates, n, width = tokens.shape
     if dates > self.max_dates:
       raise ConfigError(f"config key 'model.temporal.max_dates': {self.max_dates}, but the input "
@@ -74,7 +76,10 @@ class TokenFusion(nn.Module):
     seq = jnp.concatenate([jnp.broadcast_to(change.astype(self.dtype), (batch, 1, width)), seq], 1)
     seq = LayerNorm(dtype=self.dtype, name="ln_pre")(seq)
     seq, _ = Encoder(self.depth, self.heads, dtype=self.dtype, name="encoder")(seq)
-    return LayerNorm(dtype=self.dtype, name="ln_post")(seq[:, 0])
+    ln_post = LayerNorm(dtype=self.dtype, name="ln_post")
+    if not regions:
+      return ln_post(seq[:, 0])
+    return ln_post(seq[:, 0]), ln_post(seq[:, 1 + (2 * dates - 2) * n:])
 
 
 class ChangeTwoTower(TwoTower):
@@ -116,6 +121,21 @@ class ChangeTwoTower(TwoTower):
       feature = embedding = emb[:, -1]
     logit = self.change_head(feature.astype(jnp.float32))[:, 0]
     return {"embedding": embedding, "change_logit": logit}
+
+  def image_regions(self, images: jax.Array) -> dict:
+    """Date sequences [B, T, H, W, 3] -> {"embedding" [B, E], "patches" [B, gh, gw, E]}, not
+    normalised: the change embedding and, per trunk position, the fused difference token of the
+    last two dates through the same projection ("where the change matched"; fusion="tokens")."""
+    if self.config.temporal.fusion != "tokens":
+      raise ConfigError("config key 'model.temporal.fusion': heat maps need the token fusion "
+                        f"('tokens'), not {self.config.temporal.fusion!r}")
+    batch, dates = images.shape[:2]
+    out = self.image(images.reshape(batch * dates, *images.shape[2:]))
+    gh, gw = out["grid"]
+    tokens = out["tokens"].reshape(batch, dates, *out["tokens"].shape[1:])
+    pooled, diffs = self.fusion(tokens, regions=True)
+    return {"embedding": self.change_proj(pooled),
+            "patches": self.change_proj(diffs).reshape(batch, gh, gw, -1)}
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     return l2_normalize(self._dates(images)["embedding"])
