@@ -143,6 +143,12 @@ ROWS = {
     "serve: empty folder as index": (lambda p: ["serve", p.empty], 2, ["{empty}"]),
     "serve: run folder as index": (lambda p: ["serve", p.run], 2, ["{run}"]),
     # report
+    "explain: image missing": (lambda p: ["explain", p.empty, p.missing, "a port"], 2,
+                               ["{missing}"]),
+    "explain: run folder missing": (lambda p: ["explain", p.missing, p.png, "a port"], 2,
+                                    ["{missing}", "no checkpoint"]),
+    "explain: empty run folder": (lambda p: ["explain", p.empty, p.png, "a port"], 2,
+                                  ["{empty}", "no checkpoint"]),
     "report: run folder missing": (lambda p: ["report", p.missing], 2, ["{missing}"]),
     "report: empty run folder": (lambda p: ["report", p.empty], 2, ["{empty}"]),
     "report: text file as run folder": (lambda p: ["report", p.text], 2, ["notes.txt"]),
