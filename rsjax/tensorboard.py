@@ -66,8 +66,9 @@ class EventWriter:
 
 def write_eval(workdir: str, step: int, results: dict, tables: dict[str, str] | None = None
                ) -> None:
-  """An evaluation's results at `step` (scalars under eval/, e.g. eval/test/retrieval/mR) and
-  its markdown tables (text under their tag), in workdir's event files."""
+  """An evaluation's results at `step` (scalars under eval/ by their path in `results`: the
+  trainer's eval/test/mR, rsjax eval's eval/splits/test/retrieval/mR) and its markdown tables
+  (text under their tag), in workdir's event files."""
   writer = EventWriter(workdir)
   writer.scalars(step, results, "eval/")
   for tag, table in (tables or {}).items():

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsjax import search
-from rsjax.evaluation.encode import encode_in_batches, encoders, hash_encoders
+from rsjax.evaluation.encode import encode_in_batches
 
 SPEED_IMAGES = 512
 QUERIES = 20
@@ -97,7 +97,9 @@ def measure(ctx) -> dict:
   model, params, mesh, split = ctx.model, ctx.params, ctx.mesh, ctx.split
   out = {"params": count_params(params), "host": host_name(),
          **encoder_flops(model, split.images.shape[1], split.tokens.shape[1])}
-  enc_img, enc_txt = encoders(model)
+  # The split's own compiled encoders: the evaluation has compiled them already.
+  enc = ctx.encodings
+  enc_img, enc_txt = enc.image_encoder, enc.text_encoder
   images = split.images[:SPEED_IMAGES]
   with jax.set_mesh(mesh):
     encode_in_batches(enc_img, params, images[: ctx.batch_size], ctx.batch_size, mesh)
@@ -108,7 +110,7 @@ def measure(ctx) -> dict:
   dim = model.config.embed_dim
   out["bytes_per_image"] = {"dense_float16": 2 * dim, "dense_float32": 4 * dim,
                             **({"binary": bits // 8} if bits else {})}
-  db = np.asarray(ctx.encodings.image_emb, np.float16)
+  db = np.asarray(enc.image_emb, np.float16)
   query = split.tokens[:1]
 
   def dense_query():
@@ -118,8 +120,8 @@ def measure(ctx) -> dict:
 
   out["query_ms"] = {"dense": _median_ms(dense_query, QUERIES)}
   if bits:
-    words = search.pack_words(np.packbits(ctx.encodings.image_signs > 0, axis=1))
-    hash_txt = hash_encoders(model)[1]
+    words = search.pack_words(np.packbits(enc.image_signs > 0, axis=1))
+    hash_txt = enc.hash_text_encoder
 
     def binary_query():
       with jax.set_mesh(mesh):

@@ -89,9 +89,19 @@ class SplitEncodings:
     return encoders(self.model)
 
   @property
+  def image_encoder(self):
+    """The jitted (params, uint8 images) -> embeddings that image_emb is encoded with."""
+    return self._encoders[0]
+
+  @property
   def text_encoder(self):
     """The jitted (params, ids) -> embeddings, e.g. for class prompts."""
     return self._encoders[1]
+
+  @property
+  def hash_text_encoder(self):
+    """The jitted (params, ids) -> packed codes that text_signs is encoded with."""
+    return self._hash_encoders[1]
 
   @functools.cached_property
   def _hash_encoders(self):

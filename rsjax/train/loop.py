@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from rsjax import atomic, optim, parallel, runs, state as state_lib, trainable
+from rsjax import atomic, optim, parallel, runs, state as state_lib, tensorboard, trainable
 from rsjax.checkpoint import Checkpointer
 from rsjax.console import log
 from rsjax.data import corruptions, pipeline
@@ -23,7 +23,6 @@ from rsjax.data.datasets import load_retrieval_data
 from rsjax.data.types import RetrievalData
 from rsjax.evaluation.recalls import format_table, summary as recall_summary
 from rsjax.evaluation.registry import config_evaluators, evaluate_run
-from rsjax import tensorboard
 from rsjax.metric_writer import MetricWriter
 from rsjax.train.guards import NonFiniteGuard, PeerLostError, PreemptionFlag, collective_work
 from rsjax.train.step import compile_train_step, grad_accum_steps, label_key, make_train_step
