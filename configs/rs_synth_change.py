@@ -20,7 +20,7 @@ def get_config(arg=None):
   args = parse_arg(arg)
   c = config_module("smoke.py", __file__).get_config()
   c.data = dict(name="rs_synth_change", seed=0, image_size=64, num_train=8000, num_val=500,
-                num_test=1000, dates=int(args.get("dates", 2)), cache_dir="")
+                num_test=1000, dates=int(args.get("dates", 2)), no_change=0.5, cache_dir="")
   c.model.temporal = default_temporal_config()
   c.model.temporal.update(fusion=args.get("fusion", "tokens"), dates=int(args.get("dates", 2)),
                           heads=c.model.image.heads)

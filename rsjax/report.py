@@ -247,9 +247,10 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
   if g is not None:
     maps = g.get("maps")  # whole-query heat maps; absent from files older than them
     note = ("Text query -> top images (green frame: the query's own image, red: another image)."
-            + (" Beside each: where it matches the query (cosine of the query with each region, "
-               "one colour scale per query, bright = high; `rsjax explain` draws one image with "
-               "a map per word)." if maps is not None else ""))
+            + (" Beside each: where it matches the query (how far the score falls when each "
+               "part of the image is hidden, one colour scale per query, bright = high; "
+               "`rsjax explain` draws one image with a map per word)."
+               if maps is not None else ""))
     md.extend(["## Retrieval gallery", "", note, ""])
     parts.append(f"<h2>Retrieval gallery</h2><p>{html.escape(note)}</p>")
     with _reading(gallery_path):

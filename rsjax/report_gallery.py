@@ -30,7 +30,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55,
 
 
 def row_range(maps: np.ndarray | None, qi: int) -> tuple[float, float] | None:
-  """One colour scale for query qi's row of maps [Q, top, H, W]: its lowest and highest cosine."""
+  """One colour scale for query qi's row of maps [Q, top, H, W]: its lowest and highest value."""
   if maps is None:
     return None
   row = np.asarray(maps[qi], np.float32)

@@ -45,6 +45,21 @@ def test_change_types_present(splits):
   assert {"none", "buildings_added", "buildings_removed", "road_built"} <= kinds
 
 
-def test_bad_dates_refused():
+def test_no_change_share_follows_the_spec():
+  from rsjax.data.rs_synth.temporal_splits import render_temporal_example
+
+  for share in (0.0, 0.5, 1.0):
+    spec = TemporalSplitSpec(image_size=32, no_change=share)
+    unchanged = [not render_temporal_example(spec, "train", i)[1]["changed"] for i in range(60)]
+    if share in (0.0, 1.0):
+      assert all(u == bool(share) for u in unchanged), share
+    else:
+      assert 0.3 < np.mean(unchanged) < 0.7
+
+
+def test_bad_dates_and_shares_refused():
   with pytest.raises(ConfigError, match="data.dates"):
     TemporalSplitSpec(dates=1)
+  for share in (-0.1, 1.5):
+    with pytest.raises(ConfigError, match="data.no_change"):
+      TemporalSplitSpec(no_change=share)

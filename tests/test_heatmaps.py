@@ -86,7 +86,7 @@ def test_whole_query_map_equals_a_numpy_reference_and_has_the_image_shape(loaded
   model, params, mesh, tok = loaded
   images = _images(3)
   ids = tok.encode(["two planes on a runway", "a lake", "cars"], 24)
-  maps, scores = heatmaps.MapMaker(model, params, mesh, 8).query_maps(images, ids)
+  maps, scores = heatmaps.MapMaker(model, params, mesh, 8, "cosine").query_maps(images, ids)
   assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
 
   # The definition by hand: each patch token through ln_post and proj, cosine with the pooled
@@ -112,6 +112,12 @@ def test_whole_query_map_equals_a_numpy_reference_and_has_the_image_shape(loaded
                              atol=1e-5)
   # The reference can tell: a map flipped left-right no longer matches it.
   assert np.abs(maps[:, :, ::-1] - reference).max() > 1e-3
+  # Occlusion (the default) scores the same pooled embeddings: the same scores.
+  occluded, same = heatmaps.MapMaker(model, params, mesh, 8).query_maps(images, ids)
+  assert occluded.shape == (3, 32, 32)
+  np.testing.assert_allclose(same, scores, atol=1e-5)
+  with pytest.raises(ValueError, match="method"):
+    heatmaps.MapMaker(model, params, mesh, 8, "saliency")
 
 
 def test_upsample_puts_a_patch_value_at_its_centre():
@@ -153,9 +159,10 @@ def test_clip_words_skip_start_end_and_padding():
   assert ids[len(used) + 1] == tok.end_id
 
 
-def test_explanation_words_and_gallery_maps(loaded):
+@pytest.mark.parametrize("method", heatmaps.METHODS)
+def test_explanation_words_and_gallery_maps(loaded, method):
   model, params, mesh, tok = loaded
-  maker = heatmaps.MapMaker(model, params, mesh, 8)
+  maker = heatmaps.MapMaker(model, params, mesh, 8, method)
   images = _images(6)
   ids = tok.encode(["two planes", "a lake with ships"], 24)
   ex = maker.explain(images[0], "a lake with ships", ids[1], tok)
@@ -164,6 +171,7 @@ def test_explanation_words_and_gallery_maps(loaded):
   maps, _ = maker.query_maps(images[:1], ids[1:])
   np.testing.assert_allclose(ex.query, maps[0], atol=1e-6)
   assert maker.explain(images[0], "x", ids[1]).words == []
+  assert (ex.levels == {}) == (method == "occlusion")  # per-level maps: the cosine method's
   # The gallery: each query's map on each of its top images, [Q, top, H, W].
   top = images.reshape(2, 3, 32, 32, 3)
   per_query = gallery.query_maps(maker, top, ids)
@@ -187,6 +195,9 @@ def test_explain_writes_a_png_and_refuses_bad_input_in_one_line(run_dir, tmp_pat
                    str(tmp_path / "query.png")]) == 0
   with Image.open(tmp_path / "query.png") as png:
     assert png.size[0] < wide[0]  # without --words: the image and the whole-query map only
+  assert cli.main(["explain", run_dir, str(image), "two planes", "--method", "cosine", "--out",
+                   str(tmp_path / "cosine.png"), "--window", "4"]) == 0
+  assert (tmp_path / "cosine.png").stat().st_size > 0
   capsys.readouterr()
   assert cli.main(["explain", run_dir, str(image), " ".join(["planes"] * 40), "--out",
                    str(tmp_path / "long.png")]) == 0
@@ -201,7 +212,9 @@ def test_explain_writes_a_png_and_refuses_bad_input_in_one_line(run_dir, tmp_pat
          "corrupt image": ([run_dir, corrupt, "planes"], "corrupt.png"),
          "missing checkpoint": ([tmp_path / "no_run", image, "planes"], "no_run"),
          "run without checkpoints": ([empty, image, "planes"], "empty_run"),
-         "out folder": ([run_dir, image, "planes", "--out", tmp_path], "is a folder")}
+         "out folder": ([run_dir, image, "planes", "--out", tmp_path], "is a folder"),
+         "window too big": ([run_dir, image, "planes", "--window", "999"], "--window 999"),
+         "stride zero": ([run_dir, image, "planes", "--stride", "0"], "--stride 0")}
   for name, (argv, words) in bad.items():
     assert cli.main(["explain", *map(str, argv)]) == 2, name
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,7 +1,9 @@
 """`rsjax explain CHECKPOINT IMAGE "text"`: where in the image the text matches, as a PNG.
 
 The figure holds the image, the whole query's heat map over it and, with --words, one map per word
-of the query (rsjax/evaluation/heatmaps.py). All maps share one colour scale, so words compare.
+of the query (rsjax/evaluation/heatmaps.py): by default how much the score falls when each window
+is hidden (--method occlusion), or the cosine of the query with each region (--method cosine).
+All maps share one colour scale, so words compare.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from rsjax.errors import InputError
 
 COLUMNS = 6  # panels per row of the figure
+METHODS = ("occlusion", "cosine")  # heatmaps.METHODS, named here so that --help imports no JAX
 
 
 def _config(args):
@@ -39,9 +42,9 @@ def _tokenizer(config, args):
   return SentencePieceTokenizer(runs.tokenizer_path(args.checkpoint, args.tokenizer))
 
 
-def figure_png(image, explanation) -> bytes:
+def figure_png(image, explanation, unit: str = "score drop when hidden") -> bytes:
   """uint8 image [H, W, 3] and its Explanation -> PNG bytes: the image, the whole-query map and
-  each word's map, overlaid on one colour scale (cosine), with a colour bar."""
+  each word's map, overlaid on one colour scale (score drop or cosine), with a colour bar."""
   import numpy as np
 
   from rsjax.report_gallery import overlay
@@ -64,7 +67,7 @@ def figure_png(image, explanation) -> bytes:
   for ax in axes:
     ax.set_axis_off()
   mappable = plt.cm.ScalarMappable(norm=plt.Normalize(lo, hi), cmap="inferno")
-  fig.colorbar(mappable, ax=axes, shrink=0.8, label="cosine")
+  fig.colorbar(mappable, ax=axes, shrink=0.8, label=unit)
   text = explanation.text if len(explanation.text) <= 90 else explanation.text[:87] + "..."
   fig.suptitle(f"{text!r}: score {explanation.score:.3f}", fontsize=10)
   return png(fig)
@@ -102,9 +105,15 @@ def run(args) -> int:
   model, params, step = runs.load_model(config, args.checkpoint, mesh)
   if not heatmaps.supports(model):
     raise InputError(f"{args.checkpoint}: this model gives no region vectors for heat maps")
-  maker = heatmaps.MapMaker(model, params, mesh, batch_size=1)
+  size = config.data.image_size
+  for flag, value in (("--window", args.window), ("--stride", args.stride)):
+    if value is not None and not 0 < value <= size:
+      raise InputError(f"{flag} {value}: give a number of pixels from 1 to the image size {size}")
+  maker = heatmaps.MapMaker(model, params, mesh, batch_size=config.eval.batch_size,
+                            method=args.method, window=args.window, stride=args.stride)
   explanation = maker.explain(image, args.text, ids[0], tokenizer if args.words else None)
-  atomic.write_bytes(out, figure_png(image, explanation))
+  unit = "cosine" if args.method == "cosine" else "score drop when hidden"
+  atomic.write_bytes(out, figure_png(image, explanation, unit))
   words = f"; {len(explanation.words)} word maps" if args.words else ""
   print(f"wrote {out} (step {step}, score {explanation.score:.3f}, query map "
         f"{explanation.query.min():.3f}..{explanation.query.max():.3f}{words})")
@@ -118,6 +127,14 @@ def register(sub) -> None:
   p.add_argument("text", help="the query text")
   p.add_argument("--out", default="explain.png", help="PNG to write (default explain.png)")
   p.add_argument("--words", action="store_true", help="also one map per word of the text")
+  p.add_argument("--method", choices=METHODS, default=METHODS[0],
+                 help="occlusion (default: the score drop when each window is hidden; lands on "
+                      "the object) or cosine (query against each region's vector; one pass)")
+  p.add_argument("--window", type=int, default=None,
+                 help="occlusion window in pixels (default: the model's patch size)")
+  p.add_argument("--stride", type=int, default=None,
+                 help="occlusion stride in pixels (default: half the window, or all of it above 8 "
+                      "windows per side)")
   p.add_argument("--config", default=None,
                  help="configs/NAME.py[:arg] (default: the config saved with the checkpoint)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

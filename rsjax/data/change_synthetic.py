@@ -1,7 +1,8 @@
 """`data.name="rs_synth_change"`: RS-Synth's temporal splits (rsjax/data/rs_synth/temporal_splits.py)
 as a change set: each example a date sequence [T, H, W, 3] with change captions.
 
-Config keys (data section): seed, image_size, num_train / num_val / num_test, dates, cache_dir.
+Config keys (data section): seed, image_size, num_train / num_val / num_test, dates, no_change (the
+share of sequences without change), cache_dir.
 train_images are the sequences [N, T, H, W, 3], train_extras["changed"] [N] the change / no-change
 flags; the val and test splits carry per-caption labels "changed" and "change" (the index of the
 change type in captions_grammar.CHANGE_TYPES) for the `change` evaluator.
@@ -22,7 +23,8 @@ def load_rs_synth_change(data: ml_collections.ConfigDict, workdir: str, context_
   from rsjax.data.rs_synth.temporal_splits import TemporalSplitSpec, load_or_generate_temporal
 
   spec = TemporalSplitSpec(seed=data.seed, image_size=data.image_size, num_train=data.num_train,
-                           num_val=data.num_val, num_test=data.num_test, dates=data.dates)
+                           num_val=data.num_val, num_test=data.num_test, dates=data.dates,
+                           no_change=data.get("no_change", 0.5))
   splits = load_or_generate_temporal(spec, data.cache_dir or None, progress=progress)
   captions = {s: [r["captions"] for r in recs] for s, (_, recs) in splits.items()}
   tokenizer = tokenizer_for([c for caps in captions["train"] for c in caps], workdir, vocab_size)

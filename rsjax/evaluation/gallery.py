@@ -26,7 +26,8 @@ def gallery(img_emb: np.ndarray, txt_emb: np.ndarray, split, queries: int = 4,
 
 def query_maps(maker, images: np.ndarray, ids: np.ndarray) -> np.ndarray:
   """Each query's whole-query heat map on each of its top images: images uint8 [Q, top, H, W, 3],
-  the queries' ids [Q, L] -> float16 [Q, top, H, W] (cosines; float16 keeps the npz small)."""
+  the queries' ids [Q, L] -> float16 [Q, top, H, W] (the maker's method: occlusion score drops
+  by default; float16 keeps the npz small)."""
   q, top = images.shape[:2]
   flat = images.reshape(q * top, *images.shape[2:])
   maps, _ = maker.query_maps(flat, np.repeat(ids, top, axis=0))

@@ -183,13 +183,15 @@ def _road_band(img: np.ndarray, rng: np.random.Generator, orientation: str, band
 
 
 def render_temporal(spec: ChallengeSpec, index: int, *, stream: int | None = None,
-                    raw: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+                    raw: bool = False, change_probs: tuple[float, ...] = CHANGE_PROBS
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
   """A before/after pair, each [H, W, 3] uint8, and its record.
 
   stream: the random stream id of the example (default the temporal subset's, 12; the temporal
   train/val/test splits of rs_synth/temporal_splits.py use their own). raw: the unfinished float
   images [H, W, 3] (no illumination or sensor noise yet) and the side-stream seed prefix in the
-  record's "_seed", for callers that add nuisance of their own.
+  record's "_seed", for callers that add nuisance of their own. change_probs: over
+  grammar.CHANGE_TYPES ("none" first).
 
   The change ("buildings_added" | "buildings_removed" | "road_built") lies inside "region_box"
   [x0, y0, x1, y1] (a grid cell, or a third of the image for a road; building shadows may reach a
@@ -210,7 +212,7 @@ def render_temporal(spec: ChallengeSpec, index: int, *, stream: int | None = Non
   img = BACKGROUNDS[landcover](rng, size)
   water = water_source(img, landcover, seed + [1])
   river_cov = draw_river(img, rng, water) if rng.random() < RIVER_PROB else None
-  change = choice(rng, grammar.CHANGE_TYPES, CHANGE_PROBS)
+  change = choice(rng, grammar.CHANGE_TYPES, change_probs)
 
   region, region_cells, road, buildings = None, (), None, None
   if change == "road_built":

@@ -2,7 +2,8 @@
 change encoder can be trained on.
 
 Each example is drawn like the v2 `temporal` challenge subset (challenges.render_temporal: buildings
-added or removed in a grid cell, a road built across a third of the tile, or no change), on its own
+added or removed in a grid cell, a road built across a third of the tile, or no change, the last
+with probability `no_change`, 0.5 by default, as in LEVIR-CC), on its own
 random stream per split (ids 20-22, apart from v1's 0-2 and the challenges' 10-12), so the splits
 never share an example with each other or with the challenge subset. On top of the per-date
 illumination and sensor noise that every pair has, each date after the first is shifted by up to
@@ -47,6 +48,7 @@ class TemporalSplitSpec:
   dates: int = 2
   max_shift_px: int = 1       # misregistration of each later date, in whole pixels (0: none)
   illumination: float = 0.1   # each later date's extra gain is drawn in 1 +- this
+  no_change: float = 0.5      # share of sequences without change (about half of LEVIR-CC's)
 
   def __post_init__(self):
     check_image_size(self.image_size)
@@ -56,12 +58,19 @@ class TemporalSplitSpec:
                           f"{self.num_examples(split)}")
     if not 2 <= self.dates <= 8:
       raise ConfigError(f"config key 'data.dates': 2 to 8 dates per sequence, got {self.dates}")
+    if not 0 <= self.no_change <= 1:
+      raise ConfigError(f"config key 'data.no_change': a share from 0 to 1, got {self.no_change}")
     if not 0 <= self.max_shift_px <= self.image_size // 8:
       raise ConfigError(f"config key 'data.max_shift_px': 0 to {self.image_size // 8} pixels, "
                         f"got {self.max_shift_px}")
 
   def num_examples(self, split: str) -> int:
     return int(getattr(self, f"num_{split}"))
+
+  def change_probs(self) -> tuple[float, ...]:
+    """Over grammar.CHANGE_TYPES: "none" with no_change, the three changes equally."""
+    rest = (1.0 - self.no_change) / 3
+    return (self.no_change, rest, rest, rest)
 
 
 def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -78,7 +87,8 @@ def render_temporal_example(spec: TemporalSplitSpec, split: str, index: int
   """One sequence [N, H, W, 3] uint8 (N = spec.dates) and its record (render_temporal's fields,
   plus "split", "dates", "change_date", "shifts" [N] of (dy, dx))."""
   cspec = ChallengeSpec(seed=spec.seed, image_size=spec.image_size, num_examples=0)
-  before, after, record = render_temporal(cspec, index, stream=_STREAMS[split], raw=True)
+  before, after, record = render_temporal(cspec, index, stream=_STREAMS[split], raw=True,
+                                          change_probs=spec.change_probs())
   seed = record.pop("_seed")
   rng = np.random.default_rng(seed + [4])
   n = spec.dates
