@@ -9,7 +9,7 @@ On disk an index is a folder:
   chunk_00000.codes.npy      codes [n, K/8] uint8 (np.packbits order; absent without a hashing head)
   chunk_00000.geo.npy        footprints [n, 4] float64 (west, south, east, north in degrees, NaN
                              where unknown; absent when no image of the chunk is georeferenced)
-  chunk_00000.json           the n image paths of the chunk
+  chunk_00000.json           the n image paths of the chunk (a pair index: [before, after] each)
   ann.usearch                (rsjax index --ann) an HNSW graph over all dense rows, rsjax/search_ann.py
 
 The .npy files are memory-mapped, not read: an index larger than RAM is searched chunk by chunk
@@ -92,6 +92,11 @@ class Index:
 
   def __len__(self) -> int:
     return len(self.paths)
+
+  @property
+  def pairs(self) -> bool:
+    """Whether the rows are before/after pairs (a change encoder's index) or single images."""
+    return bool(self.paths) and isinstance(self.paths[0], tuple)
 
   @property
   def bits(self) -> int:
@@ -285,9 +290,15 @@ def check_identity(meta: dict, identity: dict, path: str) -> None:
         "appending")
 
 
-def images_digest(paths: list[str]) -> str:
-  """Identifies the image list of an `rsjax index` run, so that a rerun can resume it."""
-  return hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode()).hexdigest()[:32]
+def entry_path(entry: str | tuple[str, str]) -> str | list[str]:
+  """A row's image path, absolute; a pair's [before, after] (how chunk JSON files hold them)."""
+  return os.path.abspath(entry) if isinstance(entry, str) else [os.path.abspath(p) for p in entry]
+
+
+def images_digest(paths: list) -> str:
+  """Identifies the image (or pair) list of an `rsjax index` run, so that a rerun can resume it."""
+  rows = (p if isinstance(p, str) else "\t".join(p) for p in map(entry_path, paths))
+  return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:32]
 
 
 def file_record(path: str, name: str) -> dict:
@@ -340,7 +351,7 @@ def write_chunk(path: str, identity: dict, paths: list[str], dense: np.ndarray,
     with atomic.atomic_file(os.path.join(path, names[key])) as tmp, open(tmp, "wb") as f:
       np.save(f, np.ascontiguousarray(arr))  # a file object: np.save would add .npy to a bare name
   paths_name = f"{stem}.json"
-  atomic.write_json(os.path.join(path, paths_name), [os.path.abspath(p) for p in paths],
+  atomic.write_json(os.path.join(path, paths_name), [entry_path(p) for p in paths],
                     indent=None)
   files = {name: file_record(path, name) for name in [*names.values(), paths_name]}
   meta["chunks"].append({"rows": len(paths), "arrays": names, "paths": paths_name,
@@ -424,7 +435,7 @@ def load(path: str, verify: bool = True) -> Index:
                         + "; ".join(problems))
     chunks.append((dense, codes if meta["bits"] else None))
     geo_parts.append(geo if geo is not None else np.full((n, 4), np.nan))
-    paths += chunk_paths
+    paths += [p if isinstance(p, str) else tuple(p) for p in chunk_paths]
   if not meta["chunks"]:
     raise IndexFileError(f"index {path} has no chunks")
   has_geo = any(isinstance(c["arrays"], dict) and "geo" in c["arrays"] for c in meta["chunks"])

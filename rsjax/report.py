@@ -246,7 +246,11 @@ def build(workdir: str, out_dir: str | None = None) -> dict[str, str]:
   g = data["gallery"]
   if g is not None:
     maps = g.get("maps")  # whole-query heat maps; absent from files older than them
-    note = ("Text query -> top images (green frame: the query's own image, red: another image)."
+    pairs = g["images"].ndim == 6  # [Q, top, T, H, W, 3]: date sequences of a change split
+    note = (("Text query -> top before/after sequences, dates left to right (green frame: the "
+             "query's own sequence, red: another); the map is drawn on the last date."
+             if pairs else
+             "Text query -> top images (green frame: the query's own image, red: another image).")
             + (" Beside each: where it matches the query (how far the score falls when each "
                "part of the image is hidden, one colour scale per query, bright = high; "
                "`rsjax explain` draws one image with a map per word)."

@@ -39,20 +39,23 @@ def row_range(maps: np.ndarray | None, qi: int) -> tuple[float, float] | None:
 
 def cell(image: np.ndarray, hit: bool | None = None, heat: np.ndarray | None = None,
          scale: tuple[float, float] | None = None, size: int = 96) -> bytes:
-  """uint8 image [H, W, 3] -> PNG bytes: enlarged to `size`, framed green (hit) or red (miss);
-  with a heat map [H, W], its overlay (on the colour `scale` (lo, hi)) beside it in the same PNG."""
+  """uint8 image [H, W, 3], or a date sequence [T, H, W, 3] (before ... after, side by side) ->
+  PNG bytes: enlarged to `size`, framed green (hit) or red (miss); with a heat map [H, W], its
+  overlay (on the colour `scale` (lo, hi)) on the last date, beside them in the same PNG."""
   from PIL import Image, ImageOps
 
-  big = Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.NEAREST)
-  panels = [big]
+  image = np.asarray(image, np.uint8)
+  dates = image if image.ndim == 4 else image[None]
+  panels = [Image.fromarray(d).resize((size, size), Image.NEAREST) for d in dates]
+  framed = len(panels)
   if heat is not None:
     # Bilinear for the map (a smooth field); the thumbnail keeps its pixels (nearest).
     heat = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((size, size),
                                                                               Image.BILINEAR))
     lo, hi = scale if scale else (None, None)
-    panels.append(Image.fromarray(overlay(np.asarray(big), heat, lo=lo, hi=hi)))
+    panels.append(Image.fromarray(overlay(np.asarray(panels[framed - 1]), heat, lo=lo, hi=hi)))
   if hit is not None:
-    panels = [ImageOps.expand(p, border=4, fill=(HIT if hit else MISS) if i == 0 else PLAIN)
+    panels = [ImageOps.expand(p, border=4, fill=(HIT if hit else MISS) if i < framed else PLAIN)
               for i, p in enumerate(panels)]
   out = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), panels[0].height),
                   (255, 255, 255))

@@ -5,6 +5,11 @@ A path is read as
   order, with their `label` where present;
 - any other folder: every image file below it, in sorted path order; for zero-shot, the first
   level of folders are the classes (<root>/<class>/<image>, as rsjax.data.sources reads them).
+
+An archive of before/after pairs (for a change encoder, rsjax/models/temporal.py) is two folders
+whose images are matched by their path below each (`list_pairs`), or a captions.jsonl data set
+whose rows name `image_a` and `image_b`. A pair is the tuple (before, after) wherever a single
+image is a path, and decodes to [2, size, size, 3].
 """
 
 from __future__ import annotations
@@ -41,9 +46,45 @@ def dataset_records(path: str, split: str | None = None, skip_bad: bool = False,
   return recs
 
 
-def list_images(path: str, skip_bad: bool = False) -> list[str]:
-  """Absolute image paths of an archive, each once: a captions.jsonl data set, a folder tree, or
-  one file."""
+def _image_files(root: str) -> list[str]:
+  found = []
+  for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    found += [os.path.join(folder, f) for f in sorted(files)
+              if f.lower().endswith(sources.IMAGE_EXTENSIONS)]
+  return found
+
+
+def list_pairs(before: str, after: str, bad: records.BadRecords | None = None
+               ) -> list[tuple[str, str]]:
+  """(before, after) absolute paths of two folders' images matched by their relative path, in
+  sorted order. An image without its other date stops with a line naming the pairs that lack one,
+  or with `bad` is added to it and left out."""
+  roots = [os.path.abspath(before), os.path.abspath(after)]
+  names = []
+  for flag, root in zip(("before", "after"), roots):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"--pairs: no {flag} folder {root}")
+    names.append({os.path.relpath(f, root) for f in _image_files(root)})
+  lonely = sorted((names[0] ^ names[1]))
+  for name in lonely:
+    missing = "after" if name in names[0] else "before"
+    error = records.MissingImageError(f"pair {name}: no {missing} image "
+                                      f"{os.path.join(roots[missing == 'after'], name)}")
+    if bad is None:
+      more = f" (and {len(lonely) - 1} more pairs without one of their dates)" if len(lonely) > 1 \
+          else ""
+      raise type(error)(f"{error}{more}; {SKIP_HINT}")
+    bad.add(name, error)
+  both = sorted(names[0] & names[1])
+  if not both:
+    raise records.NoRecordsError(f"--pairs {before} {after}: no image name is in both folders")
+  return [(os.path.join(roots[0], n), os.path.join(roots[1], n)) for n in both]
+
+
+def list_images(path: str, skip_bad: bool = False) -> list[str | tuple[str, str]]:
+  """Absolute image paths of an archive, each once: a captions.jsonl data set (pairs where its
+  rows name image_a and image_b), a folder tree, or one file."""
   path = os.path.abspath(path)
   if os.path.isfile(path):
     return [path]
@@ -58,14 +99,13 @@ def list_images(path: str, skip_bad: bool = False) -> list[str]:
       if isinstance(rec, records.BadRecordError):
         bad.add_unparsed(rec)
       else:
-        listed.append(rec.images[0])
+        listed.append(rec.images[0] if len(rec.images) == 1 else tuple(rec.images))
     records.check_bad(bad, skip_bad, path, SKIP_HINT)
+    if len({isinstance(e, tuple) for e in listed}) > 1:
+      raise InputError(f"{path}/captions.jsonl: rows with 'image' and rows with 'image_a' / "
+                       "'image_b' mixed; an index holds single images or pairs, not both")
     return list(dict.fromkeys(listed))
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    found += [os.path.join(root, f) for f in sorted(files)
-              if f.lower().endswith(sources.IMAGE_EXTENSIONS)]
+  found = _image_files(path)
   if not found:
     raise FileNotFoundError(f"no image files ({', '.join(sources.IMAGE_EXTENSIONS)}) under {path}")
   return found
@@ -76,9 +116,20 @@ def load_image(path: str, size: int) -> np.ndarray:
   return decode.decode_resized(decode.read_bytes(path), size, name=path)
 
 
-def batches(paths: list[str], size: int, batch: int, bad: records.BadRecords | None = None,
-            workers: int = 1) -> Iterator[tuple[np.ndarray, list[str]]]:
-  """(decoded images [b, size, size, 3] uint8, their paths), `batch` paths at a time.
+def load_pair(pair: tuple[str, str], size: int) -> np.ndarray:
+  """(before, after) files -> [2, size, size, 3] uint8 (dates of different sizes: PairSizeError)."""
+  return decode.decode_pair(pair, size)
+
+
+def load_entry(entry: str | tuple[str, str], size: int) -> np.ndarray:
+  """An image path -> [size, size, 3], a (before, after) pair -> [2, size, size, 3]; uint8."""
+  return load_pair(entry, size) if isinstance(entry, tuple) else load_image(entry, size)
+
+
+def batches(paths: list, size: int, batch: int, bad: records.BadRecords | None = None,
+            workers: int = 1) -> Iterator[tuple[np.ndarray, list]]:
+  """(decoded images [b, size, size, 3] uint8, or pairs [b, 2, size, size, 3], their paths),
+  `batch` paths at a time.
 
   `workers` threads read and decode (the data layer's decoders, rsjax/data/decode.py: PIL and
   tifffile release the GIL) while the caller encodes the previous batch: the next batch is in
@@ -88,7 +139,7 @@ def batches(paths: list[str], size: int, batch: int, bad: records.BadRecords | N
 
   def one(p):
     try:
-      return load_image(p, size), None
+      return load_entry(p, size), None
     except records.BadRecordError as e:
       return None, e
 
@@ -109,11 +160,12 @@ def batches(paths: list[str], size: int, batch: int, bad: records.BadRecords | N
             for _, f in pending:
               f.cancel()
             raise type(error)(f"{error}; {SKIP_HINT}") from None
-          bad.add(p, error)
+          bad.add(p if isinstance(p, str) else " / ".join(p), error)
           continue
         images.append(image)
         kept.append(p)
-      yield (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), kept
+      shape = (2, size, size, 3) if paths and isinstance(paths[0], tuple) else (size, size, 3)
+      yield (np.stack(images) if images else np.zeros((0, *shape), np.uint8)), kept
 
 
 def class_names_for(path: str, labels: list[str]) -> list[str]:

@@ -1,7 +1,11 @@
 """Training on change sets: date sequences and their 'changed' flags through the in-memory
-pipeline (the same flip / turn for every date), and the change loss of the train step."""
+pipeline (the same flip / turn for every date), and the change loss of the train step; then the
+trained change encoder's eval gallery and report, and a pair index with its search and bad pairs."""
+
+import os
 
 import numpy as np
+import pytest
 
 from rsjax.data import augment, pipeline
 
@@ -48,21 +52,52 @@ def tiny_change_overrides(*extra):
                  "train.checkpoint_every=2", "model.temporal.heads=2", *extra]
 
 
-def test_a_change_encoder_trains_on_pairs_and_reports_change_retrieval(tmp_path):
-  import json
-
+@pytest.fixture(scope="module")
+def change_run(tmp_path_factory):
+  """A tiny change encoder trained 2 steps: (its final results, workdir, the config's --set pairs)."""
   from rsjax.config import load_config
   from rsjax.train import loop as train_loop
 
-  config = load_config(CHANGE_CONFIG, tiny_change_overrides("data.cache_dir=" + str(tmp_path)))
-  results = train_loop.train(config, str(tmp_path / "run"))
+  tmp = tmp_path_factory.mktemp("change")
+  overrides = tiny_change_overrides("data.cache_dir=" + str(tmp))
+  config = load_config(CHANGE_CONFIG, overrides)
+  workdir = str(tmp / "run")
+  return train_loop.train(config, workdir), workdir, overrides
+
+
+def test_a_change_encoder_trains_on_pairs_and_reports_change_retrieval(change_run):
+  import json
+
+  results, workdir, _ = change_run
   change = results["change"]
   assert {"all", "changed", "unchanged"} <= set(change["recalls"])
   assert set(change["detection"]) == {"accuracy", "changed_recall", "unchanged_recall", "balanced"}
   assert set(change["captioning"]["all"]) == {"bleu4", "cider_d"}
-  with open(tmp_path / "run" / "metrics.jsonl") as f:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert all(r["change_loss"] > 0 for r in rows if "loss" in r)
+
+
+def test_eval_and_report_draw_before_after_sequences_with_change_maps(change_run, capsys):
+  from PIL import Image
+
+  from rsjax import cli
+
+  _, workdir, overrides = change_run
+  sets = [x for o in overrides for x in ("--set", o)]
+  assert cli.main(["eval", "--config", CHANGE_CONFIG, *sets, "--workdir", workdir,
+                   "--splits", "test", "--no-efficiency"]) == 0
+  gallery = np.load(os.path.join(workdir, "eval_gallery.npz"))
+  q, top = gallery["captions"].shape[0], gallery["images"].shape[1]
+  assert gallery["images"].shape == (q, top, 2, 32, 32, 3)       # [Q, top, T, H, W, 3]
+  assert gallery["maps"].shape == (q, top, 32, 32)              # where the change matched
+  assert cli.main(["report", workdir]) == 0
+  md = open(os.path.join(workdir, "report", "report.md")).read()
+  assert "top before/after sequences" in md
+  with Image.open(os.path.join(workdir, "report", "gallery_0_0.png")) as png:
+    width, height = png.size
+  assert width > 2.9 * height                 # before, after and the map, side by side
+  capsys.readouterr()
 
 
 def test_a_change_encoder_refuses_single_images(tmp_path):
@@ -78,3 +113,120 @@ def test_a_change_encoder_refuses_single_images(tmp_path):
     config.model.temporal = default_temporal_config()
   with pytest.raises(ConfigError, match="'model.temporal': a change encoder takes date sequences"):
     train_loop.train(config, str(tmp_path / "run"))
+
+
+def _write_pairs(root, n=6, size=32):
+  """n RS-Synth temporal pairs as PNG files root/before/NNN.png and root/after/NNN.png."""
+  from PIL import Image
+
+  from rsjax.data.rs_synth.temporal_splits import TemporalSplitSpec, render_temporal_example
+
+  spec = TemporalSplitSpec(image_size=size)
+  for i in range(n):
+    dates, _ = render_temporal_example(spec, "test", i)
+    for side, image in zip(("before", "after"), dates):
+      os.makedirs(root / side, exist_ok=True)
+      Image.fromarray(image).save(root / side / f"{i:03d}.png")
+  return str(root / "before"), str(root / "after")
+
+
+def test_a_pair_index_searches_pairs_the_same_after_reload(change_run, tmp_path, capsys):
+  import json
+
+  from rsjax import cli, index, parallel, runs, search_inputs
+
+  _, workdir, overrides = change_run
+  sets = [x for o in overrides for x in ("--set", o)]
+  before, after = _write_pairs(tmp_path)
+  out = str(tmp_path / "index")
+  base = ["index", "--config", CHANGE_CONFIG, *sets, "--checkpoint", workdir, "--quiet"]
+  assert cli.main([*base, "--pairs", before, after, "--out", out]) == 0
+  assert "6 pairs added" in capsys.readouterr().out
+  idx = index.load(out)
+  assert idx.pairs and idx.paths[2] == (os.path.join(before, "002.png"),
+                                        os.path.join(after, "002.png"))
+  # The rows are the change encoder's embeddings of the pairs, in file order.
+  config = runs.run_config(workdir)
+  mesh = parallel.make_mesh(config)
+  model, params, _ = runs.load_model(config, workdir, mesh)
+  from rsjax.pixels import normalize_images
+  dates = np.stack([search_inputs.load_pair(p, 32) for p in idx.paths])
+  want = model.apply({"params": params}, normalize_images(dates), method=model.encode_image)
+  np.testing.assert_allclose(np.asarray(idx.dense, np.float32), np.asarray(want), atol=2e-3)
+
+  query = ["search", out, "two buildings were built", "no change", "--k", "3", "--json"]
+  assert cli.main(query) == 0
+  first = json.loads(capsys.readouterr().out)
+  assert all(set(h) == {"rank", "score", "before", "after"} for r in first for h in r["results"])
+  assert cli.main(query) == 0                       # a fresh process's view: reloaded from disk
+  assert json.loads(capsys.readouterr().out) == first
+  assert cli.main(query[:-1]) == 0                  # the table: "rank score before -> after"
+  rows = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+  assert len(rows) == 6 and all(f"{before}/" in r and f" -> {after}/" in r for r in rows)
+
+
+def test_bad_pairs_are_named_or_skipped(change_run, tmp_path, capsys):
+  from PIL import Image
+
+  from rsjax import cli
+
+  _, workdir, overrides = change_run
+  sets = [x for o in overrides for x in ("--set", o)]
+  before, after = _write_pairs(tmp_path, n=3)
+  base = ["index", "--config", CHANGE_CONFIG, *sets, "--checkpoint", workdir, "--quiet"]
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(after, "lonely.png"))
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(os.path.join(before, "odd.png"))
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(after, "odd.png"))
+
+  def refused(argv, *words):
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words) and "Traceback" not in err[0], err
+
+  out = str(tmp_path / "index")
+  refused([*base, "--pairs", before, after, "--out", out], "pair lonely.png", "no before image")
+  os.remove(os.path.join(after, "lonely.png"))
+  refused([*base, "--pairs", before, after, "--out", out], "odd.png", "differ in size", "before 40x40")
+  refused([*base, "--pairs", before, str(tmp_path / "nowhere"), "--out", out], "nowhere")
+  refused([*base, "--images", after, "--out", out], "change encoder", "--pairs")
+  refused([*base, "--out", out], "--images DIR or --pairs")
+  Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(after, "lonely.png"))
+  assert cli.main([*base, "--pairs", before, after, "--out", out, "--skip-bad"]) == 0
+  captured = capsys.readouterr()
+  assert "3 pairs added" in captured.out and "2 bad pair(s) skipped" in captured.out
+  assert "lonely.png" in captured.out and "odd.png" in captured.out   # listed, left out
+
+
+def test_a_pair_run_resumes_bit_identically(tmp_path):
+  import json
+
+  import jax
+
+  from rsjax import optim, parallel, state as state_lib
+  from rsjax.checkpoint import Checkpointer
+  from rsjax.config import load_config
+  from rsjax.train import loop as train_loop
+
+  config = load_config(CHANGE_CONFIG, tiny_change_overrides(
+      "data.cache_dir=" + str(tmp_path), "train.steps=4", "eval.every=0"))
+
+  def final(workdir):
+    model = state_lib.create_model(config)
+    mesh = parallel.make_mesh(config)
+    abstract, _ = state_lib.state_layout(model, optim.make_optimizer(config.train), config, mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    state = ckpt.restore(ckpt.latest_step(), abstract)
+    ckpt.close()
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      logged = [(r["step"], r["loss"], r["change_loss"]) for r in map(json.loads, f) if "loss" in r]
+    return int(state.step), jax.device_get(state.params), logged
+
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train_loop.train(config, straight)
+  with pytest.raises(RuntimeError, match="simulated crash after step 3"):
+    train_loop.train(config, resumed, crash_after_step=3)    # last checkpoint: step 2
+  train_loop.train(config, resumed)
+  (step_a, params_a, log_a), (step_b, params_b, log_b) = final(straight), final(resumed)
+  assert step_a == step_b == 4 and log_a == log_b and len(log_a) == 4
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)   # the fusion, change head and both towers, bit-exact

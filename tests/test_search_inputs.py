@@ -1,4 +1,6 @@
-"""Archive and class-folder reading for `rsjax index` and zero-shot evaluation."""
+"""Archive and class-folder reading for `rsjax index` and zero-shot evaluation; pairs."""
+
+import os
 
 import numpy as np
 import pytest
@@ -45,3 +47,40 @@ def test_missing_and_corrupt_inputs_are_named(tmp_path):
   bad.write_bytes(b"\xff\xd8 not really a jpeg")
   with pytest.raises(ValueError, match="bad.jpg"):
     search_inputs.load_image(str(bad), 16)
+
+
+def test_pairs_match_by_relative_name_and_lonely_dates_are_named(tmp_path):
+  from rsjax.data import records
+
+  for side in ("A", "B"):
+    for name in ("x/1.png", "2.png"):
+      write_image(tmp_path / side / name, 50)
+  pairs = search_inputs.list_pairs(str(tmp_path / "A"), str(tmp_path / "B"))
+  assert [(os.path.relpath(a, tmp_path), os.path.relpath(b, tmp_path)) for a, b in pairs] == [
+      ("A/2.png", "B/2.png"), ("A/x/1.png", "B/x/1.png")]
+  write_image(tmp_path / "A" / "3.png", 1)
+  write_image(tmp_path / "B" / "4.png", 1)
+  with pytest.raises(records.MissingImageError, match=r"pair 3.png: no after image .*and 1 more"):
+    search_inputs.list_pairs(str(tmp_path / "A"), str(tmp_path / "B"))
+  bad = records.BadRecords()
+  assert len(search_inputs.list_pairs(str(tmp_path / "A"), str(tmp_path / "B"), bad)) == 2
+  assert [w for w, _, _ in bad.items] == ["3.png", "4.png"]
+  write_image(tmp_path / "C" / "9.png", 1)
+  with pytest.raises(records.NoRecordsError, match="no image name is in both"):
+    search_inputs.list_pairs(str(tmp_path / "C"), str(tmp_path / "B"), records.BadRecords())
+
+
+def test_a_pair_loads_as_two_dates_and_sizes_must_agree(tmp_path):
+  write_image(tmp_path / "a.png", 10)
+  write_image(tmp_path / "b.png", 200)
+  pair = search_inputs.load_entry((str(tmp_path / "a.png"), str(tmp_path / "b.png")), 16)
+  assert pair.shape == (2, 16, 16, 3) and pair[0].max() == 10 and pair[1].min() == 200
+  Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "c.png")
+  from rsjax.data import records
+  with pytest.raises(records.PairSizeError, match=r"the dates differ in size: before 40x40, "
+                                                  r"after 40x20 px .*c.png"):
+    search_inputs.load_pair((str(tmp_path / "a.png"), str(tmp_path / "c.png")), 16)
+  bad = records.BadRecords()
+  batches = list(search_inputs.batches([(str(tmp_path / "a.png"), str(tmp_path / "c.png"))], 16,
+                                       4, bad))
+  assert batches[0][0].shape == (0, 2, 16, 16, 3) and len(bad) == 1   # skipped, and listed

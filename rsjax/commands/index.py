@@ -1,4 +1,8 @@
-"""`rsjax index`: encode an image archive into a dense and a binary index (or append to one)."""
+"""`rsjax index`: encode an image archive into a dense and a binary index (or append to one).
+
+--images indexes single images; --pairs BEFORE AFTER (or --images over a captions.jsonl whose rows
+name image_a / image_b) indexes before/after pairs with a change encoder (model.temporal), whose
+rows `rsjax search` then returns as pairs."""
 
 from __future__ import annotations
 
@@ -26,9 +30,24 @@ def run(args) -> int:
   if args.chunk_size < 1 or args.batch_size < 1 or args.workers < 1:
     raise InputError(f"--chunk-size, --batch-size and --workers must be >= 1, got "
                      f"{args.chunk_size}, {args.batch_size} and {args.workers}")
+  from rsjax.models.temporal import is_temporal
+
+  if (args.images is None) == (args.pairs is None):
+    raise InputError("give the archive as --images DIR or --pairs BEFORE_DIR AFTER_DIR")
   parallel.initialize_distributed()  # a multi-host launch: every process encodes, process 0 writes
   writer = jax.process_index() == 0
-  paths = search_inputs.list_images(args.images, skip_bad=args.skip_bad)
+  bad = records.BadRecords() if args.skip_bad else None
+  if args.pairs:
+    paths = search_inputs.list_pairs(*args.pairs, bad=bad)
+  else:
+    paths = search_inputs.list_images(args.images, skip_bad=args.skip_bad)
+  pairs = isinstance(paths[0], tuple)
+  if pairs != is_temporal(config.model):
+    raise InputError(
+        f"{' '.join(args.pairs) if args.pairs else args.images}: "
+        + ("before/after pairs need a change encoder (a config with model.temporal)" if pairs
+           else "this model is a change encoder (model.temporal); index before/after pairs with "
+           "--pairs BEFORE_DIR AFTER_DIR"))
   resume = _unfinished_run(args.out, paths)
   exists = os.path.exists(os.path.join(args.out, "index.json"))
   parallel.barrier("rsjax index: the index folder read")  # before process 0 writes to it
@@ -52,7 +71,7 @@ def run(args) -> int:
   hash_img = encode.hash_encoders(model)[0] if bits else None
   size = config.data.image_size
   building = {"images_digest": index.images_digest(paths), "total": len(paths)}
-  bad = records.BadRecords() if args.skip_bad else None
+  archive = args.pairs[1] if args.pairs else args.images  # footprints: the after images'
   meta, added = None, 0
   # One chunk per --chunk-size images, each written atomically with index.json last: a run that
   # is interrupted keeps every finished chunk, and the same command resumes after the last one.
@@ -84,25 +103,26 @@ def run(args) -> int:
           np.concatenate(codes) if codes else None, args.dtype,
           append=os.path.exists(os.path.join(args.out, "index.json")),
           building=None if finished else {**building, "done": lo + len(chunk_paths)},
-          footprints=geo.footprints_for(kept, args.images))
+          footprints=geo.footprints_for([p[-1] if pairs else p for p in kept], archive))
       added += len(kept)
   if not writer:
     return 0
   if bad is not None and len(bad):
     log(bad.summary())
   if meta is None:
-    raise records.NoRecordsError(f"{args.images}: no images to index: all {len(paths)} were bad "
+    raise records.NoRecordsError(f"{archive}: no images to index: all {len(paths)} were bad "
                                  f"({bad.kinds()}; listed above)" if bad else
-                                 f"no images to add in {args.images}")
+                                 f"no images to add in {archive}")
   if args.ann:
     from rsjax import search_ann
     meta = search_ann.build(index.load(args.out, verify=False),
                             log=(lambda _: None) if args.quiet else log)
   total = sum(c["rows"] for c in meta["chunks"])
-  print(f"index {args.out}: {added} images added, {total} in {len(meta['chunks'])} chunk(s); "
+  what = "pairs" if pairs else "images"
+  print(f"index {args.out}: {added} {what} added, {total} in {len(meta['chunks'])} chunk(s); "
         f"dense {meta['dense_dtype']} x {meta['dim']}, "
         f"{'%d-bit codes' % meta['bits'] if meta['bits'] else 'no binary codes'}; "
-        f"model step {step}" + (f"; {len(bad)} bad image(s) skipped" if bad else "")
+        f"model step {step}" + (f"; {len(bad)} bad {what[:-1]}(s) skipped" if bad else "")
         + ("; approximate-search graph (usearch HNSW) built" if args.ann else ""))
   return 0
 
@@ -132,8 +152,11 @@ def register(sub) -> None:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config value (repeatable)")
   p.add_argument("--checkpoint", required=True, help="a run's workdir or its checkpoints folder")
-  p.add_argument("--images", required=True,
+  p.add_argument("--images", default=None,
                  help="a folder of images (searched recursively) or a data set with captions.jsonl")
+  p.add_argument("--pairs", nargs=2, default=None, metavar=("BEFORE_DIR", "AFTER_DIR"),
+                 help="before/after pairs for a change encoder: two folders whose images are "
+                 "matched by their path below each")
   p.add_argument("--out", required=True, help="the index folder to create (or to append to)")
   p.add_argument("--append", action="store_true", help="add the images to an existing index")
   p.add_argument("--dtype", default="float16", choices=("float16", "float32"),

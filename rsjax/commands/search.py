@@ -1,4 +1,5 @@
-"""`rsjax search INDEX "query text"`: the top-k images of an index for a text query."""
+"""`rsjax search INDEX "query text"`: the top-k images of an index for a text query (of a pair
+index, the top-k before/after pairs: "before -> after" in the table, "before" / "after" in JSON)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def run(args) -> int:
   label = "hamming" if args.binary and not args.rerank else "score"
   results = []
   for qi, text in enumerate(args.query):
-    hits = [{"rank": r + 1, label: float(scores[qi, r]), "path": idx.paths[rows[qi, r]]}
+    hits = [{"rank": r + 1, label: float(scores[qi, r]), **_where(idx.paths[rows[qi, r]])}
             for r in range(args.k) if rows[qi, r] >= 0]
     results.append({"query": text, "results": hits})
   if args.json:
@@ -78,8 +79,14 @@ def run(args) -> int:
       print(f"# {res['query']}")
       for h in res["results"]:
         value = f"{h[label]:.0f}" if label == "hamming" else f"{h[label]:.4f}"
-        print(f"{h['rank']:>4}  {value:>8}  {h['path']}")
+        where = h["path"] if "path" in h else f"{h['before']} -> {h['after']}"
+        print(f"{h['rank']:>4}  {value:>8}  {where}")
   return 0
+
+
+def _where(entry) -> dict:
+  """An index row's files: {"path"} of an image, {"before", "after"} of a pair."""
+  return {"path": entry} if isinstance(entry, str) else {"before": entry[0], "after": entry[-1]}
 
 
 def query_tokens(tokenizer, queries: list[str], context_length: int):

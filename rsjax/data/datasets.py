@@ -13,6 +13,7 @@ import ml_collections
 
 from rsjax.data.annotated import load_annotated
 from rsjax.data.change_synthetic import load_rs_synth_change
+from rsjax.data.levir_change import load_levir_cc_change
 from rsjax.data.synthetic import load_rs_synth
 from rsjax.data.types import RetrievalData
 from rsjax.errors import ConfigError
@@ -29,7 +30,8 @@ def load_webscale(*args, **kwargs) -> RetrievalData:
 
 
 LOADERS = {"rs_synth": load_rs_synth, "annotated": load_annotated, "tfds": load_prepared,
-           "webscale": load_webscale, "rs_synth_change": load_rs_synth_change}
+           "webscale": load_webscale, "rs_synth_change": load_rs_synth_change,
+           "levir_cc_change": load_levir_cc_change}
 
 
 def load_retrieval_data(config: ml_collections.ConfigDict, workdir: str,

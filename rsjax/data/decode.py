@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rsjax.data.records import CorruptImageError, MissingImageError
+from rsjax.data.records import CorruptImageError, MissingImageError, PairSizeError
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -181,6 +181,20 @@ def decode_resized(data: bytes, size: int, name: str = "<bytes>",
     except Exception as e:
       raise _decode_error(name, e) from None
   return resize(to_uint8(decode(data, name, bands), max_value), size)
+
+
+def decode_pair(paths: Sequence[str], size: int) -> np.ndarray:
+  """The (before, after) files of a pair -> [2, size, size, 3] uint8. Their sizes are compared as
+  decoded, before resizing: dates of different sizes are not the same ground (PairSizeError)."""
+  dates = [decode(read_bytes(p), p) for p in paths]
+  for p, d in zip(paths, dates):
+    if d.shape[-1] != 3:
+      raise CorruptImageError(f"{p}: {d.shape[-1]} bands, expected RGB")
+  (h0, w0), (h1, w1) = (d.shape[:2] for d in dates)
+  if (h0, w0) != (h1, w1):
+    raise PairSizeError(f"the dates differ in size: before {w0}x{h0}, after {w1}x{h1} px "
+                        f"({paths[0]}, {paths[1]})")
+  return np.stack([resize(to_uint8(d), size) for d in dates])
 
 
 def open_rgb(data: bytes, name: str = "<bytes>", draft_size: int = 0) -> Image.Image | None:

@@ -32,6 +32,10 @@ class CorruptImageError(BadRecordError):
   """The image file exists but cannot be decoded (truncated, wrong format, ...)."""
 
 
+class PairSizeError(BadRecordError):
+  """The two dates of a before/after pair differ in size (not the same ground)."""
+
+
 class EmptyCaptionsError(BadRecordError):
   """A record of an image-text set has no captions."""
 
