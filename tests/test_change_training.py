@@ -79,6 +79,8 @@ def test_a_change_encoder_trains_on_pairs_and_reports_change_retrieval(change_ru
 
 
 def test_eval_and_report_draw_before_after_sequences_with_change_maps(change_run, capsys):
+  import json
+
   from PIL import Image
 
   from rsjax import cli
@@ -86,11 +88,13 @@ def test_eval_and_report_draw_before_after_sequences_with_change_maps(change_run
   _, workdir, overrides = change_run
   sets = [x for o in overrides for x in ("--set", o)]
   assert cli.main(["eval", "--config", CHANGE_CONFIG, *sets, "--workdir", workdir,
-                   "--splits", "test", "--no-efficiency"]) == 0
+                   "--splits", "test"]) == 0
   gallery = np.load(os.path.join(workdir, "eval_gallery.npz"))
   q, top = gallery["captions"].shape[0], gallery["images"].shape[1]
   assert gallery["images"].shape == (q, top, 2, 32, 32, 3)       # [Q, top, T, H, W, 3]
   assert gallery["maps"].shape == (q, top, 32, 32)              # where the change matched
+  full = json.load(open(os.path.join(workdir, "eval_full.json")))
+  assert full["efficiency"]["flops_per_image"] > 0             # per before/after pair
   assert cli.main(["report", workdir]) == 0
   md = open(os.path.join(workdir, "report", "report.md")).read()
   assert "top before/after sequences" in md

@@ -47,11 +47,14 @@ def compiled_flops(fn, *args) -> float:
   return float(jax.jit(fn).lower(*args).cost_analysis()["flops"])
 
 
-def encoder_flops(model, image_size: int, context_length: int) -> dict[str, float]:
-  """{"flops_per_image", "flops_per_caption"} of the model's encoders at batch 1."""
+def encoder_flops(model, image: int | tuple[int, ...], context_length: int) -> dict[str, float]:
+  """{"flops_per_image", "flops_per_caption"} of the model's encoders at batch 1. image: the side
+  of a square RGB image, or one example's shape ([H, W, 3]; a change encoder's date sequence
+  [T, H, W, 3], whose FLOPs per image are then per sequence)."""
   if model.config.get("scan"):
     model = model.clone(config=_unscanned(model.config))
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shape = (image, image, 3) if isinstance(image, int) else tuple(image)
+  images = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
   ids = jax.ShapeDtypeStruct((1, context_length), jnp.int32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape),
                                              jnp.ones(ids.shape, jnp.int32)))["params"]
@@ -96,7 +99,7 @@ def measure(ctx) -> dict:
   """The efficiency block of one eval split's model (ctx: an EvalContext)."""
   model, params, mesh, split = ctx.model, ctx.params, ctx.mesh, ctx.split
   out = {"params": count_params(params), "host": host_name(),
-         **encoder_flops(model, split.images.shape[1], split.tokens.shape[1])}
+         **encoder_flops(model, split.images.shape[1:], split.tokens.shape[1])}
   # The split's own compiled encoders: the evaluation has compiled them already.
   enc = ctx.encodings
   enc_img, enc_txt = enc.image_encoder, enc.text_encoder
