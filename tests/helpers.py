@@ -41,3 +41,21 @@ def tiny_config(*overrides: str):
 def cli_sets(*overrides: str) -> list[str]:
   """TINY plus `overrides` as command-line `--set` pairs."""
   return [x for item in TINY + list(overrides) for x in ("--set", item)]
+
+
+def final_state(config, workdir):
+  """(step, params on the host) of a run's latest checkpoint, restored by the config's layout."""
+  import os
+
+  import jax
+
+  from rsjax import optim, parallel, state as state_lib
+  from rsjax.checkpoint import Checkpointer
+
+  mesh = parallel.make_mesh(config)
+  model = state_lib.create_model(config)
+  abstract, _ = state_lib.state_layout(model, optim.make_optimizer(config.train), config, mesh)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  state = ckpt.restore(ckpt.latest_step(), abstract)
+  ckpt.close()
+  return int(state.step), jax.device_get(state.params)

@@ -91,3 +91,21 @@ def test_caption_scores():
   assert swapped["bleu4"] < 50.0 and swapped["cider_d"] < 0.5 * same["cider_d"]
   with pytest.raises(ValueError, match="at least one reference"):
     captioning.caption_scores(["x"], [[]])
+
+
+def test_pair_codes_rank_by_hamming_distance_with_text_relevance():
+  _, _, captions, owner, changed, kind = four_pairs()
+  text = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, -1]], np.float32)
+  pairs = np.array([[1, 1, 1, -1], [1, 1, 1, 1], [-1, -1, 1, -1], [1, -1, -1, -1]], np.float32)
+  relevant = change.text_relevance(captions, owner, 4)
+  out = change.subset_recalls(pairs, text, relevant, owner, change.change_subsets(changed, kind))
+  # Hamming distances, pair x caption: pair 2 is 1 from its own caption and 1 from the road's (a
+  # tie, broken by the lower index: its own), pair 3 is 1 from its own only.
+  hamming = (4 - pairs @ text.T) / 2
+  assert hamming[2].tolist() == [3, 3, 1, 1] and hamming[3].tolist() == [3, 3, 3, 1]
+  assert out["all"]["i2t_r1"] == 100.0
+  # The road caption is 1 from pair 2 and from pair 3: the tie goes to pair 2, a miss.
+  assert out["all"]["t2i_r1"] == 75.0 and out["road_built"]["t2i_r1"] == 0.0
+  pairs[3] = [1, 1, 1, 1]          # the road pair's code now equals "no change"
+  out = change.subset_recalls(pairs, text, relevant, owner, change.change_subsets(changed, kind))
+  assert out["road_built"]["i2t_r1"] == 0.0 and out["unchanged"]["i2t_r1"] == 100.0

@@ -49,7 +49,8 @@ def tiny_change_overrides(*extra):
   from helpers import TINY
   keep = [o for o in TINY if o.startswith(("model.", "data.image_size"))]
   return keep + ["data.num_train=32", "data.num_val=8", "data.num_test=16", "train.steps=2",
-                 "train.checkpoint_every=2", "model.temporal.heads=2", *extra]
+                 "train.checkpoint_every=2", "model.temporal.heads=2", "model.hashing.bits=16",
+                 *extra]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_a_change_encoder_trains_on_pairs_and_reports_change_retrieval(change_ru
   assert {"all", "changed", "unchanged"} <= set(change["recalls"])
   assert set(change["detection"]) == {"accuracy", "changed_recall", "unchanged_recall", "balanced"}
   assert set(change["captioning"]["all"]) == {"bleu4", "cider_d"}
+  assert {"all", "changed", "unchanged"} <= set(change["hashing_recalls"])   # the pair codes
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert all(r["change_loss"] > 0 for r in rows if "loss" in r)
@@ -206,8 +208,7 @@ def test_a_pair_run_resumes_bit_identically(tmp_path):
 
   import jax
 
-  from rsjax import optim, parallel, state as state_lib
-  from rsjax.checkpoint import Checkpointer
+  from helpers import final_state
   from rsjax.config import load_config
   from rsjax.train import loop as train_loop
 
@@ -215,15 +216,10 @@ def test_a_pair_run_resumes_bit_identically(tmp_path):
       "data.cache_dir=" + str(tmp_path), "train.steps=4", "eval.every=0"))
 
   def final(workdir):
-    model = state_lib.create_model(config)
-    mesh = parallel.make_mesh(config)
-    abstract, _ = state_lib.state_layout(model, optim.make_optimizer(config.train), config, mesh)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    state = ckpt.restore(ckpt.latest_step(), abstract)
-    ckpt.close()
+    step, params = final_state(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       logged = [(r["step"], r["loss"], r["change_loss"]) for r in map(json.loads, f) if "loss" in r]
-    return int(state.step), jax.device_get(state.params), logged
+    return step, params, logged
 
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train_loop.train(config, straight)

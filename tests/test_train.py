@@ -7,23 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import tiny_config
-from rsjax import parallel
+from helpers import final_state as _final_params, tiny_config
 from rsjax.evaluation import workdir as eval_workdir
-from rsjax import optim
-from rsjax import state as state_lib
 from rsjax.train import loop as train_loop
 from rsjax.checkpoint import Checkpointer
-
-
-def _final_params(config, workdir):
-  mesh = parallel.make_mesh(config)
-  model = state_lib.create_model(config)
-  abstract, _ = state_lib.state_layout(model, optim.make_optimizer(config.train), config, mesh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  state = ckpt.restore(ckpt.latest_step(), abstract)
-  ckpt.close()
-  return int(state.step), jax.device_get(state.params)
 
 
 def _losses(workdir):

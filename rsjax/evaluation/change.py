@@ -15,6 +15,9 @@ top-ranked caption among the other pairs', for all, changed and unchanged pairs.
 No-change detection: a pair is called changed when its change logit is > 0; `accuracy` over all
 pairs, `changed_recall` (changed pairs called changed), `unchanged_recall`, and `balanced` (their
 mean).
+
+With a hashing head, `hashing_recalls` gives the same recalls for the pair codes, ranked by
+Hamming distance (ties by index).
 """
 
 from __future__ import annotations
@@ -52,12 +55,32 @@ def text_relevance(captions: list[str], text_to_pair: np.ndarray, num_pairs: int
 
 def pair_labels(split) -> tuple[np.ndarray, np.ndarray]:
   """(changed [P] bool, change type [P] int index into CHANGE_TYPES) of a change split, from its
-  per-caption labels."""
+  per-caption labels. A negative type is unknown (LEVIR-CC names none; rsjax/data/levir_change.py):
+  such pairs count in "changed" but in no per-type row."""
   changed = np.zeros(len(split.images), bool)
   kind = np.zeros(len(split.images), np.int64)
   changed[split.text_to_image] = np.asarray(split.labels["changed"], bool)
   kind[split.text_to_image] = np.asarray(split.labels["change"], np.int64)
   return changed, kind
+
+
+def change_subsets(changed: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
+  """Pair masks [P] bool: all, changed, unchanged and each change type present."""
+  subsets = {"all": np.ones(len(changed), bool), "changed": changed, "unchanged": ~changed}
+  subsets.update({name: kind == i for i, name in enumerate(CHANGE_TYPES) if (kind == i).any()})
+  return subsets
+
+
+def subset_recalls(image_vecs: np.ndarray, text_vecs: np.ndarray, relevant: np.ndarray,
+                   text_to_pair: np.ndarray, subsets: dict[str, np.ndarray]) -> dict:
+  """{subset: R@1/5/10 both ways and mR} ranking by inner product: embeddings [P, E] / [T, E], or
+  hash signs in {-1, +1} [P, K] / [T, K] (K - 2 x Hamming distance: the Hamming ranking)."""
+  sim = np.asarray(image_vecs, np.float32) @ np.asarray(text_vecs, np.float32).T  # [P, T]
+  i2t = ranks_by_relevance(sim, relevant.T)
+  t2i = ranks_by_relevance(sim.T, relevant)
+  caption_pair = np.asarray(text_to_pair)
+  return {name: metrics.retrieval_metrics(i2t[mask], t2i[mask[caption_pair]])
+          for name, mask in subsets.items() if mask.any()}
 
 
 def change_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[str],
@@ -68,14 +91,8 @@ def change_metrics(image_emb: np.ndarray, text_emb: np.ndarray, captions: list[s
   image_emb [P, E] (change embeddings), text_emb [T, E]; captions [T] with text_to_pair [T];
   changed [P] bool and kind [P] (CHANGE_TYPES index) per pair; change_logit [P] (> 0: changed)."""
   relevant = text_relevance(captions, text_to_pair, len(image_emb))   # [T, P]
-  sim = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T  # [P, T]
-  i2t = ranks_by_relevance(sim, relevant.T)
-  t2i = ranks_by_relevance(sim.T, relevant)
-  caption_pair = np.asarray(text_to_pair)
-  subsets = {"all": np.ones(len(image_emb), bool), "changed": changed, "unchanged": ~changed}
-  subsets.update({name: kind == i for i, name in enumerate(CHANGE_TYPES) if (kind == i).any()})
-  recalls = {name: metrics.retrieval_metrics(i2t[mask], t2i[mask[caption_pair]])
-             for name, mask in subsets.items() if mask.any()}
+  subsets = change_subsets(changed, kind)
+  recalls = subset_recalls(image_emb, text_emb, relevant, text_to_pair, subsets)
   out = {"recalls": recalls, "num_pairs": int(len(image_emb)),
          "num_changed": int(changed.sum())}
   if len(image_emb) > 1:  # retrieval as captioning needs other pairs' captions to retrieve
@@ -115,8 +132,13 @@ def evaluate(ctx) -> dict:
   with jax.set_mesh(ctx.mesh):
     logits = encode_in_batches(_logit_encoder(ctx.model), ctx.params, ctx.split.images,
                                ctx.batch_size, ctx.mesh)
-  return change_metrics(enc.image_emb, enc.text_emb, ctx.split.captions, ctx.split.text_to_image,
-                        changed, kind, logits.reshape(-1))
+  out = change_metrics(enc.image_emb, enc.text_emb, ctx.split.captions, ctx.split.text_to_image,
+                       changed, kind, logits.reshape(-1))
+  if ctx.model.config.hashing.bits:  # the pair codes, ranked by Hamming distance
+    relevant = text_relevance(ctx.split.captions, ctx.split.text_to_image, len(changed))
+    out["hashing_recalls"] = subset_recalls(enc.image_signs, enc.text_signs, relevant,
+                                            ctx.split.text_to_image, change_subsets(changed, kind))
+  return out
 
 
 def summary(result: dict) -> str:
@@ -130,4 +152,9 @@ def summary(result: dict) -> str:
     d = result["detection"]
     line += (f"; no-change detection: accuracy {d['accuracy']:.2f}, balanced "
              f"{d['balanced']:.2f}")
+  if "hashing_recalls" in result:
+    h = result["hashing_recalls"]
+    line += "; pair codes (Hamming), mR: " + ", ".join(f"{n} {h[n]['mR']:.2f}"
+                                                       for n in ("all", "changed", "unchanged")
+                                                       if n in h)
   return line

@@ -109,7 +109,7 @@ def relaxed_image_codes(ctx, beta: float) -> np.ndarray:
   model = ctx.model
   fn = jax.jit(lambda p, x: model.apply(
       {"params": p}, normalize_images(x),
-      method=lambda m, x: m.image_hash(m.image(x)["embedding"], beta)))
+      method=lambda m, x: m.image_hash(m.image_embedding(x), beta)))
   with jax.set_mesh(ctx.mesh):
     return encode_in_batches(fn, ctx.params, ctx.split.images, ctx.batch_size, ctx.mesh)
 

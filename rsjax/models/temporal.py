@@ -6,9 +6,10 @@ weights. `fusion` then picks how the dates meet:
 - "tokens" (the change encoder): the trunk's patch tokens of every date plus the difference tokens
   of consecutive dates (x_t - x_{t-1}), each set tagged with its own learned date embedding and
   the trunk's spatial position, go through `depth` transformer blocks of joint attention, so every
-  token attends across dates; a learned change token is pooled into the embedding. Date
-  embeddings and signed differences make the order count (A->B is not B->A), and the same
-  parameters serve any number of dates up to `max_dates`.
+  token attends across dates; the mean of the fused difference tokens (with model.image.pool
+  "gap"; else a learned change token) is pooled into the embedding. Date embeddings and signed
+  differences make the order count (A->B is not B->A), and the same parameters serve any number
+  of dates up to `max_dates`.
 - "late_fusion" (a baseline): the difference of the last and first dates' global embeddings.
 - "second_image" (a baseline): the last date's global embedding alone.
 
@@ -49,10 +50,13 @@ def is_temporal(model_config: ml_collections.ConfigDict) -> bool:
 
 
 class TokenFusion(nn.Module):
-  """Date tokens [B, T, N, D] -> pooled change vector [B, D] (fusion="tokens")."""
+  """Date tokens [B, T, N, D] -> pooled change vector [B, D] (fusion="tokens"). pool: "token"
+  (the learned change token) or "gap" (the mean of the fused difference tokens of the last two
+  dates), as the trunk pools (model.image.pool "cls" / "gap")."""
   depth: int
   heads: int
   max_dates: int
+  pool: str = "token"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -77,9 +81,11 @@ class TokenFusion(nn.Module):
     seq = LayerNorm(dtype=self.dtype, name="ln_pre")(seq)
     seq, _ = Encoder(self.depth, self.heads, dtype=self.dtype, name="encoder")(seq)
     ln_post = LayerNorm(dtype=self.dtype, name="ln_post")
+    last_diffs = seq[:, 1 + (2 * dates - 2) * n:]                  # [B, N, D]
+    pooled = ln_post(jnp.mean(last_diffs, 1) if self.pool == "gap" else seq[:, 0])
     if not regions:
-      return ln_post(seq[:, 0])
-    return ln_post(seq[:, 0]), ln_post(seq[:, 1 + (2 * dates - 2) * n:])
+      return pooled
+    return pooled, ln_post(last_diffs)
 
 
 class ChangeTwoTower(TwoTower):
@@ -94,7 +100,9 @@ class ChangeTwoTower(TwoTower):
       raise ConfigError(f"config key 'model.temporal.fusion': unknown {t.fusion!r}, choose from "
                         f"{FUSIONS}")
     if t.fusion == "tokens":
-      self.fusion = TokenFusion(t.depth, t.heads, t.max_dates, name="fusion")
+      self.fusion = TokenFusion(t.depth, t.heads, t.max_dates,
+                                pool="gap" if self.config.image.pool == "gap" else "token",
+                                name="fusion")
       self.change_proj = ProjectionHead(self.config.embed_dim, self.config.projection)
     elif t.fusion == "late_fusion":
       self.change_proj = ProjectionHead(self.config.embed_dim, "mlp")
@@ -105,7 +113,7 @@ class ChangeTwoTower(TwoTower):
     if images.ndim != 5:
       raise ConfigError(f"config key 'model.temporal': a change encoder takes date sequences "
                         f"[B, T, H, W, 3], got images of shape {images.shape}; use a change set "
-                        "(data.name='rs_synth_change')")
+                        "(data.name='rs_synth_change' or 'levir_cc_change')")
     batch, dates = images.shape[:2]
     out = self.image(images.reshape(batch * dates, *images.shape[2:]))
     fusion = self.config.temporal.fusion
@@ -136,6 +144,10 @@ class ChangeTwoTower(TwoTower):
     pooled, diffs = self.fusion(tokens, regions=True)
     return {"embedding": self.change_proj(pooled),
             "patches": self.change_proj(diffs).reshape(batch, gh, gw, -1)}
+
+  def image_embedding(self, images: jax.Array) -> jax.Array:
+    """[B, T, H, W, 3] -> the change embedding [B, E], not normalised."""
+    return self._dates(images)["embedding"]
 
   def encode_image(self, images: jax.Array) -> jax.Array:
     return l2_normalize(self._dates(images)["embedding"])

@@ -65,6 +65,10 @@ class TwoTower(nn.Module):
       self.image_hash = HashingHead(c.hashing.bits)
       self.text_hash = HashingHead(c.hashing.bits)
 
+  def image_embedding(self, images: jax.Array) -> jax.Array:
+    """[B, H, W, 3] -> the pooled image embedding [B, E], not normalised (what both heads read)."""
+    return self.image(images)["embedding"]
+
   def encode_image(self, images: jax.Array) -> jax.Array:
     return l2_normalize(self.image(images)["embedding"])
 

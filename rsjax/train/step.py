@@ -168,7 +168,8 @@ def make_train_step(model: TwoTower, tx: optax.GradientTransformation,
       if "changed" not in batch:
         raise ConfigError("config key 'model.temporal': a change encoder trains its change / "
                           "no-change head, but the batches have no 'changed' flags (the data "
-                          "set must be a change set, e.g. data.name='rs_synth_change')")
+                          "set must be a change set: data.name='rs_synth_change' or "
+                          "'levir_cc_change')")
       terms["change_loss"] = optax.sigmoid_binary_cross_entropy(
           out["change_logit"].astype(jnp.float32), batch["changed"].astype(jnp.float32)).mean()
       loss = loss + float(t.change_weight) * terms["change_loss"]
