@@ -11,10 +11,10 @@ pair's top-ranked caption. Targets: the pair's mR on changed pairs at least 3x s
 
 Rows: one per variant (`variant`, `mR_changed`, `mR_unchanged`, `mR_all`, `no_change_acc`,
 `bleu4`, `cider_d`, `wall_s`: the `rsjax train` command's wall clock, `steps`, `batch`); then
-the ratios. Finished runs under --workdir are reused. Every train / eval takes
+the ratios per step count. Finished runs under --workdir are reused. Every train / eval takes
 /tmp/rsjax_heavy.lock, so that it does not share the CPU with another heavy run.
 
-  .venv/bin/python benchmarks/change_retrieval.py [--steps 1000] [--seed 0]
+  .venv/bin/python benchmarks/change_retrieval.py [--steps 1000,1500] [--seed 0]
       [--variants pair,late_fusion,second_image] [--workdir runs/change_retrieval]
 """
 
@@ -64,24 +64,23 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default=os.path.join(REPO, "runs", "change_retrieval"))
   p.add_argument("--variants", default="pair,late_fusion,second_image")
-  p.add_argument("--steps", type=int, default=1000)
+  p.add_argument("--steps", default="1000,1500", help="training steps, comma-separated")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
-  rows = []
-  for variant in args.variants.split(","):
-    if variant not in FUSION:
-      raise SystemExit(f"--variants: unknown {variant!r} (use {', '.join(FUSION)})")
-    rows.append(run(variant, args.steps, args.seed,
-                    os.path.join(args.workdir, f"{variant}_{args.steps}_s{args.seed}")))
-    print(markdown_table(rows[-1:]), flush=True)
-  by = {r["variant"]: r for r in rows}
-  ratios = {}
-  if "pair" in by:
+  rows, ratios = [], {}
+  for steps in (int(n) for n in args.steps.split(",")):
+    for variant in args.variants.split(","):
+      if variant not in FUSION:
+        raise SystemExit(f"--variants: unknown {variant!r} (use {', '.join(FUSION)})")
+      rows.append(run(variant, steps, args.seed,
+                      os.path.join(args.workdir, f"{variant}_{steps}_s{args.seed}")))
+      print(markdown_table(rows[-1:]), flush=True)
+    by = {r["variant"]: r for r in rows if r["steps"] == steps}
     for base in ("second_image", "late_fusion"):
-      if base in by and by[base]["mR_changed"] > 0:
-        ratios[f"pair_vs_{base}"] = by["pair"]["mR_changed"] / by[base]["mR_changed"]
+      if "pair" in by and base in by and by[base]["mR_changed"] > 0:
+        ratios[f"pair_vs_{base}_{steps}"] = by["pair"]["mR_changed"] / by[base]["mR_changed"]
   print("ratios of mR on changed pairs: " + json.dumps({k: round(v, 2) for k, v in ratios.items()}))
-  path = report(rows, __file__, meta={"ratios": ratios, "steps": args.steps, "seed": args.seed})
+  path = report(rows, __file__, meta={"ratios": ratios, "seed": args.seed})
   print(f"wrote {path}", flush=True)
 
 

@@ -169,6 +169,9 @@ def test_a_pair_index_searches_pairs_the_same_after_reload(change_run, tmp_path,
   assert cli.main(query[:-1]) == 0                  # the table: "rank score before -> after"
   rows = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
   assert len(rows) == 6 and all(f"{before}/" in r and f" -> {after}/" in r for r in rows)
+  assert cli.main(["serve", out]) == 2          # not served yet: refused in one line, no server
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "before/after pairs" in err[0] and "rsjax search" in err[0]
 
 
 def test_bad_pairs_are_named_or_skipped(change_run, tmp_path, capsys):
