@@ -28,8 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import markdown_table, report  # noqa: E402
-from benchmarks.robustness import REPO, rsjax  # noqa: E402
+from benchmarks.common import REPO, markdown_table, report, rsjax  # noqa: E402
 
 FUSION = {"pair": "tokens", "late_fusion": "late_fusion", "second_image": "second_image"}
 

@@ -7,14 +7,35 @@ writes `benchmarks/results/<script name>.json`.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
 from typing import Sequence
 
 # RSJAX_BENCH_RESULTS: another folder, e.g. for benchmarks/accelerator_check.sh's parts.
 RESULTS_DIR = os.environ.get("RSJAX_BENCH_RESULTS") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Held by every `rsjax` run of a benchmark, so that two heavy runs never share the CPU.
+HEAVY_LOCK = "/tmp/rsjax_heavy.lock"
+
+
+def rsjax(*args: str) -> None:
+  """Runs the venv's `rsjax` CLI from the repository root under HEAVY_LOCK, printing the command
+  and its wall time; a failure raises."""
+  cmd = [os.path.join(os.path.dirname(sys.executable), "rsjax"), *args]
+  with open(HEAVY_LOCK, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    print("$ " + " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

@@ -25,31 +25,16 @@ eval takes /tmp/rsjax_heavy.lock, so that it does not share the CPU with another
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import markdown_table, report  # noqa: E402
+from benchmarks.common import REPO, markdown_table, report, rsjax  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCK = "/tmp/rsjax_heavy.lock"
 # The score whose drop the target is judged on: mR for captions, zero-shot accuracy for labels.
 PRIMARY = {"rsscn7": "zero_shot_top1", "demo": "mR"}
-
-
-def rsjax(*args: str) -> None:
-  cmd = [os.path.join(os.path.dirname(sys.executable), "rsjax"), *args]
-  with open(LOCK, "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    print("$ " + " ".join(cmd), flush=True)
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO)
-    print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def recipe_args(recipe: str, robust: float, steps: int, seed: int, top: int

@@ -90,6 +90,10 @@ def run(args) -> int:
     raise InputError(f"{args.checkpoint}: no checkpoint there (give the --workdir of an "
                      "`rsjax train` run, or its checkpoints folder)")
   config = _config(args)
+  size = config.data.image_size  # checked before the model loads
+  for flag, value in (("--window", args.window), ("--stride", args.stride)):
+    if value is not None and not 0 < value <= size:
+      raise InputError(f"{flag} {value}: give a number of pixels from 1 to the image size {size}")
 
   from rsjax import atomic, parallel, search_inputs
   from rsjax.evaluation import heatmaps
@@ -105,10 +109,6 @@ def run(args) -> int:
   model, params, step = runs.load_model(config, args.checkpoint, mesh)
   if not heatmaps.supports(model):
     raise InputError(f"{args.checkpoint}: this model gives no region vectors for heat maps")
-  size = config.data.image_size
-  for flag, value in (("--window", args.window), ("--stride", args.stride)):
-    if value is not None and not 0 < value <= size:
-      raise InputError(f"{flag} {value}: give a number of pixels from 1 to the image size {size}")
   maker = heatmaps.MapMaker(model, params, mesh, batch_size=config.eval.batch_size,
                             method=args.method, window=args.window, stride=args.stride)
   explanation = maker.explain(image, args.text, ids[0], tokenizer if args.words else None)
