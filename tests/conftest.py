@@ -32,3 +32,17 @@ def shared_data() -> pathlib.Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
   """Each test session generates RS-Synth into its own cache, never the user's."""
   monkeypatch.setenv("RSJAX_CACHE", str(tmp_path_factory.getbasetemp() / "rsjax_cache"))
+
+
+@pytest.fixture(scope="session")
+def change_run(tmp_path_factory):
+  """A tiny change encoder trained 2 steps: (its final results, workdir, the config's overrides)."""
+  from change_runs import train_change_run
+  return train_change_run(tmp_path_factory.mktemp("change"))
+
+
+@pytest.fixture(scope="session")
+def pair_index(change_run, tmp_path_factory):
+  """The change run's index of change_runs.PAIRS before/after pairs: (index, before, after folders)."""
+  from change_runs import build_pair_index
+  return build_pair_index(change_run, tmp_path_factory.mktemp("pairs"))

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from change_runs import CHANGE_CONFIG, PAIRS, index_command, tiny_change_overrides, write_pairs
 from rsjax.data import augment, pipeline
 
 
@@ -40,30 +41,6 @@ def test_a_sequence_transform_equals_each_date_alone():
   seqs = sequences(n=1, dates=3)[0]
   for t in DIHEDRAL:
     assert np.array_equal(t.apply_image(seqs), np.stack([t.apply_image(d) for d in seqs]))
-
-
-CHANGE_CONFIG = "configs/rs_synth_change.py:runlocal"
-
-
-def tiny_change_overrides(*extra):
-  from helpers import TINY
-  keep = [o for o in TINY if o.startswith(("model.", "data.image_size"))]
-  return keep + ["data.num_train=32", "data.num_val=8", "data.num_test=16", "train.steps=2",
-                 "train.checkpoint_every=2", "model.temporal.heads=2", "model.hashing.bits=16",
-                 *extra]
-
-
-@pytest.fixture(scope="module")
-def change_run(tmp_path_factory):
-  """A tiny change encoder trained 2 steps: (its final results, workdir, the config's --set pairs)."""
-  from rsjax.config import load_config
-  from rsjax.train import loop as train_loop
-
-  tmp = tmp_path_factory.mktemp("change")
-  overrides = tiny_change_overrides("data.cache_dir=" + str(tmp))
-  config = load_config(CHANGE_CONFIG, overrides)
-  workdir = str(tmp / "run")
-  return train_loop.train(config, workdir), workdir, overrides
 
 
 def test_a_change_encoder_trains_on_pairs_and_reports_change_retrieval(change_run):
@@ -121,36 +98,16 @@ def test_a_change_encoder_refuses_single_images(tmp_path):
     train_loop.train(config, str(tmp_path / "run"))
 
 
-def _write_pairs(root, n=6, size=32):
-  """n RS-Synth temporal pairs as PNG files root/before/NNN.png and root/after/NNN.png."""
-  from PIL import Image
-
-  from rsjax.data.rs_synth.temporal_splits import TemporalSplitSpec, render_temporal_example
-
-  spec = TemporalSplitSpec(image_size=size)
-  for i in range(n):
-    dates, _ = render_temporal_example(spec, "test", i)
-    for side, image in zip(("before", "after"), dates):
-      os.makedirs(root / side, exist_ok=True)
-      Image.fromarray(image).save(root / side / f"{i:03d}.png")
-  return str(root / "before"), str(root / "after")
-
-
-def test_a_pair_index_searches_pairs_the_same_after_reload(change_run, tmp_path, capsys):
+def test_a_pair_index_searches_pairs_the_same_after_reload(change_run, pair_index, capsys):
   import json
 
   from rsjax import cli, index, parallel, runs, search_inputs
 
-  _, workdir, overrides = change_run
-  sets = [x for o in overrides for x in ("--set", o)]
-  before, after = _write_pairs(tmp_path)
-  out = str(tmp_path / "index")
-  base = ["index", "--config", CHANGE_CONFIG, *sets, "--checkpoint", workdir, "--quiet"]
-  assert cli.main([*base, "--pairs", before, after, "--out", out]) == 0
-  assert "6 pairs added" in capsys.readouterr().out
+  _, workdir, _ = change_run
+  out, before, after = pair_index
   idx = index.load(out)
-  assert idx.pairs and idx.paths[2] == (os.path.join(before, "002.png"),
-                                        os.path.join(after, "002.png"))
+  assert len(idx) == PAIRS and idx.pairs and idx.paths[2] == (os.path.join(before, "002.png"),
+                                                              os.path.join(after, "002.png"))
   # The rows are the change encoder's embeddings of the pairs, in file order.
   config = runs.run_config(workdir)
   mesh = parallel.make_mesh(config)
@@ -168,10 +125,7 @@ def test_a_pair_index_searches_pairs_the_same_after_reload(change_run, tmp_path,
   assert json.loads(capsys.readouterr().out) == first
   assert cli.main(query[:-1]) == 0                  # the table: "rank score before -> after"
   rows = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-  assert len(rows) == 6 and all(f"{before}/" in r and f" -> {after}/" in r for r in rows)
-  assert cli.main(["serve", out]) == 2          # not served yet: refused in one line, no server
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "before/after pairs" in err[0] and "rsjax search" in err[0]
+  assert len(rows) == PAIRS and all(f"{before}/" in r and f" -> {after}/" in r for r in rows)
 
 
 def test_bad_pairs_are_named_or_skipped(change_run, tmp_path, capsys):
@@ -179,10 +133,8 @@ def test_bad_pairs_are_named_or_skipped(change_run, tmp_path, capsys):
 
   from rsjax import cli
 
-  _, workdir, overrides = change_run
-  sets = [x for o in overrides for x in ("--set", o)]
-  before, after = _write_pairs(tmp_path, n=3)
-  base = ["index", "--config", CHANGE_CONFIG, *sets, "--checkpoint", workdir, "--quiet"]
+  before, after = write_pairs(tmp_path, n=3)
+  base = index_command(change_run)
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(after, "lonely.png"))
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(os.path.join(before, "odd.png"))
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(after, "odd.png"))

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 
+from change_runs import PAIRS
 from helpers import cli_sets, tiny_config
 from rsjax import cli, index
 from rsjax.serve import geo, synth_archive
@@ -148,6 +149,58 @@ def test_bbox_filter_keeps_only_tiles_inside(synth_server):
   assert status == 200 and {r["id"] for r in res["results"]} == inside
   status, res = get_json(port, "/api/search?" + _q(q="x", bbox="1,2,3"))
   assert status == 400 and "four numbers" in res["error"]
+
+
+# ------------------------------------------------------------------------------------------
+# A pair index (conftest.py's: a tiny change encoder over RS-Synth before/after PNG pairs).
+
+
+@pytest.fixture(scope="session")
+def pair_server(pair_index):
+  engine = Engine(pair_index[0])
+  server = Server(create_app(engine))
+  server.engine = engine
+  yield server
+  server.stop()
+
+
+def thumbnail_pixels(port: int, url: str) -> np.ndarray:
+  import io
+
+  from PIL import Image
+
+  status, png = raw_get(port, url)
+  assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n", url
+  return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_a_pair_index_answers_with_its_before_and_after_images(pair_server):
+  from PIL import Image
+
+  port, engine = pair_server.port, pair_server.engine
+  status, info = get_json(port, "/api/info")
+  assert status == 200 and info["pairs"] is True and info["rows"] == PAIRS
+  text = "two buildings were built"
+  status, res = get_json(port, "/api/search?" + _q(q=text, k=PAIRS))
+  assert status == 200 and [r["id"] for r in res["results"]] == exact_top(engine, text, PAIRS)
+  for r in res["results"]:
+    before, after = engine.index.paths[r["id"]]
+    assert r["before"]["path"] == "before/" + os.path.basename(before)
+    assert r["after"]["path"] == "after/" + os.path.basename(after)
+    assert (r["name"], r["path"]) == (r["after"]["name"], r["after"]["path"])
+  # Each side's thumbnail is its own file: 32 px enlarged 5x by nearest neighbours.
+  top = res["results"][0]
+  for side, file in zip(("before", "after"), engine.index.paths[top["id"]]):
+    thumb = thumbnail_pixels(port, top[side]["thumb"])
+    assert thumb.shape == (160, 160, 3)
+    np.testing.assert_array_equal(thumb[::5, ::5], np.asarray(Image.open(file).convert("RGB")))
+  status, res = get_json(port, f"/api/similar/{top['id']}?k=3")
+  assert status == 200 and res["results"][0]["id"] == top["id"]  # itself, score 1
+  assert res["results"][0]["score"] == pytest.approx(1.0, abs=2e-3)
+  status, res = get_json(port, "/api/search?" + _q(q=text, k=3, mode="binary"))
+  assert status == 200 and all(r["before"] and r["after"] for r in res["results"])
+  for target in ("/thumbs/before/../after/000.png", "/thumbs/000.png", "/thumbs/before"):
+    assert raw_get(port, target)[0] == 404, target
 
 
 def _q(**params) -> str:

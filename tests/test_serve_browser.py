@@ -1,6 +1,6 @@
 """The search page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no
 network): type a query whose answer is known, see the grid, click "more like this", switch to
-binary, and save a screenshot under the test's folder."""
+binary, and save a screenshot under the test's folder; over a pair index, the before/after view."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from test_serve import exact_top, synth_index, synth_server  # noqa: F401  (session fixtures)
+from change_runs import PAIRS
+from test_serve import exact_top, pair_server, synth_index, synth_server  # noqa: F401
 
 
 def chromium() -> str:
@@ -91,3 +92,29 @@ def test_page_search_more_like_this_and_binary(synth_server, synth_index, page, 
   errors = [m for m in pg.messages if m.startswith(("error", "pageerror"))]
   assert errors == [] or all("400" in m for m in errors), errors
   assert all(u.startswith(synth_server.url) for u in pg.requests), "the page fetched elsewhere"
+
+
+def test_page_shows_before_and_after_of_a_pair_index(pair_server, page, tmp_path):
+  pg, engine = page, pair_server.engine
+  pg.messages.clear()
+  pg.goto(pair_server.url + "/")
+  pg.wait_for_selector("body[data-ready='1']")
+  assert f"{PAIRS} before/after pairs" in pg.inner_text("#info")
+  pg.fill("#q", "a building was demolished")
+  pg.click("#search")
+  pg.wait_for_function("() => document.querySelector('#status').textContent.includes('results')")
+  ids = grid_ids(pg)
+  assert ids == exact_top(engine, "a building was demolished", PAIRS)
+  first = pg.locator("#grid .card").first
+  assert first.locator("figcaption").all_inner_texts() == ["before", "after"]
+  before, after = engine.index.paths[ids[0]]
+  assert first.locator(".name").inner_text() == (f"{os.path.basename(before)} → "
+                                                 f"{os.path.basename(after)}")
+  pg.wait_for_function("() => [...document.querySelectorAll('#grid img')]"
+                       ".every(i => i.complete && i.naturalWidth > 0)")
+  assert pg.locator("#grid .card img").count() == 2 * len(ids)
+  shot = tmp_path / "serve_pairs.png"
+  pg.screenshot(path=str(shot), full_page=True)
+  assert shot.stat().st_size > 10_000
+  errors = [m for m in pg.messages if m.startswith(("error", "pageerror"))]
+  assert errors == [], errors

@@ -28,7 +28,8 @@ def run(args) -> int:
       await asyncio.sleep(0.05)
     sock = server.servers[0].sockets[0].getsockname()
     host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
-    print(f"rsjax serve: {len(engine.index)} images of {engine.path} at http://{host}:{sock[1]}/ "
+    rows = "before/after pairs" if engine.index.pairs else "images"
+    print(f"rsjax serve: {len(engine.index)} {rows} of {engine.path} at http://{host}:{sock[1]}/ "
           f"(API: /api/search, /api/similar/ID, /api/info; OpenAPI: /openapi.json); Ctrl-C stops",
           flush=True)
 

@@ -14,20 +14,28 @@ from pydantic import BaseModel
 from rsjax.errors import InputError
 from rsjax.serve import geo
 from rsjax.serve.engine import MODES, Engine
-from rsjax.serve.thumbnails import Thumbnails
+from rsjax.serve.thumbnails import Thumbnails, row_files
 
 MAX_QUERY_CHARS = 500
 MAX_K = 200
+
+
+class Picture(BaseModel):
+  name: str               # file name
+  path: str               # path relative to the archive root
+  thumb: str              # URL of the thumbnail
 
 
 class Result(BaseModel):
   rank: int
   id: int                 # the row of the index: /api/similar/{id}
   score: float            # inner product (dense, rerank) or Hamming distance (binary)
-  name: str               # file name
+  name: str               # file name (of a pair: its after image's)
   path: str               # path relative to the archive root
   thumb: str              # URL of the thumbnail
   footprint: list[float] | None = None  # [west, south, east, north], where known
+  before: Picture | None = None  # of a pair index's row: the before image
+  after: Picture | None = None   # ... and the after image
 
 
 class Results(BaseModel):
@@ -51,6 +59,7 @@ class Info(BaseModel):
   model_checkpoint: str
   model_step: int
   archive_root: str
+  pairs: bool             # rows are before/after pairs (a change encoder's index)
   footprints: int         # rows with a known footprint
   extent: list[float] | None  # [west, south, east, north] around them
   max_k: int
@@ -60,15 +69,19 @@ class Info(BaseModel):
 def router(engine: Engine, thumbs: Thumbnails) -> APIRouter:
   api = APIRouter(prefix="/api")
 
+  def picture(file: str) -> Picture:
+    return Picture(name=os.path.basename(file), path=thumbs.relative(file), thumb=thumbs.url(file))
+
   def results(hits, seconds: float, mode: str, k: int, bbox, **what) -> Results:
     boxes = engine.geo.boxes
     out = []
     for rank, hit in enumerate(hits, 1):
       box = boxes[hit.row].tolist() if boxes is not None else None
-      out.append(Result(rank=rank, id=hit.row, score=hit.score,
-                        name=os.path.basename(engine.index.paths[hit.row]),
-                        path=thumbs.relative(hit.row), thumb=thumbs.url(hit.row),
-                        footprint=box if box is not None and all(v == v for v in box) else None))
+      files = [picture(f) for f in row_files(engine.index.paths[hit.row])]
+      sides = {"before": files[0], "after": files[-1]} if engine.index.pairs else {}
+      out.append(Result(rank=rank, id=hit.row, score=hit.score, **files[-1].model_dump(),
+                        footprint=box if box is not None and all(v == v for v in box) else None,
+                        **sides))
     return Results(mode=mode, k=k, bbox=list(bbox) if bbox else None,
                    milliseconds=round(seconds * 1000, 3), results=out, **what)
 
@@ -110,7 +123,7 @@ def router(engine: Engine, thumbs: Thumbnails) -> APIRouter:
                 dim=int(meta["dim"]), dense_dtype=meta["dense_dtype"], bits=engine.index.bits,
                 modes=list(engine.modes), model_checkpoint=meta["model"]["checkpoint"],
                 model_step=int(meta["model"]["step"]), archive_root=thumbs.root,
-                footprints=engine.geo.known, extent=engine.geo.extent(), max_k=MAX_K,
+                pairs=engine.index.pairs, footprints=engine.geo.known, extent=engine.geo.extent(), max_k=MAX_K,
                 max_query_chars=MAX_QUERY_CHARS)
 
   return api

@@ -94,10 +94,6 @@ class Engine:
       b = self.index.meta["building"]
       raise index_lib.IndexFileError(f"index {path} is unfinished ({b['done']} of {b['total']} "
                                      "images); rerun its `rsjax index` command to finish it")
-    if self.index.pairs:  # the page shows one thumbnail per result; a before/after view is to come
-      raise index_lib.IndexFileError(f"index {path} holds before/after pairs (a change encoder's); "
-                                     "`rsjax serve` shows single images only for now: search it "
-                                     "with `rsjax search`")
     self.query_model = query_model or QueryModel(self.index, path)
     self.geo = geo.Footprints(self.index.footprints)
     self._lock = threading.Lock()

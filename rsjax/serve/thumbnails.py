@@ -1,6 +1,7 @@
 """Thumbnails of the archive's images, made on demand from the paths recorded in the index.
 
-Only images of the index are readable, addressed by their path relative to the archive root (the
+A row of an image index is one file; a row of a pair index (a change encoder's) is two, its
+before and after images, each with a thumbnail of its own. Only images of the index are readable, addressed by their path relative to the archive root (the
 folder that holds every indexed image): a path that is not exactly an indexed one is not found,
 whatever it spells (`..`, absolute paths, URL-encoded or backslashed variants), and an indexed
 path that resolves outside the archive (a symlink out of it) is refused.
@@ -30,44 +31,51 @@ def archive_root(paths: list[str]) -> str:
   return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "/"
 
 
+def row_files(entry: str | tuple[str, ...]) -> tuple[str, ...]:
+  """The files of one index row: (image,) or (before, after)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 class Thumbnails:
-  """PNG thumbnails [<= THUMB_PX px a side] of the rows of an index, cached."""
+  """PNG thumbnails [<= THUMB_PX px a side] of the files of an index's rows, cached.
 
-  def __init__(self, paths: list[str]):
-    self.paths = paths
-    self.root = archive_root(paths)
+  `entries`: the index's paths, one str per row (images) or one (before, after) tuple (pairs)."""
+
+  def __init__(self, entries: list):
+    self.files = [f for entry in entries for f in row_files(entry)]
+    self.root = archive_root(self.files)
     self.real_root = os.path.realpath(self.root)
-    self.rows = {self.relative(n): n for n in range(len(paths))}
+    self.by_name = {self.relative(f): f for f in self.files}
 
-  def relative(self, row: int) -> str:
-    """The archive-relative name of a row, as URLs carry it ('/' separated)."""
-    return os.path.relpath(self.paths[row], self.root).replace(os.sep, "/")
+  def relative(self, file: str) -> str:
+    """The archive-relative name of an indexed file, as URLs carry it ('/' separated)."""
+    return os.path.relpath(file, self.root).replace(os.sep, "/")
 
-  def url(self, row: int) -> str:
-    return "/thumbs/" + urllib.parse.quote(self.relative(row))
+  def url(self, file: str) -> str:
+    return "/thumbs/" + urllib.parse.quote(self.relative(file))
 
-  def row_of(self, relative: str) -> int:
-    """The row of an archive-relative path; NotInIndex for anything else."""
-    row = self.rows.get(relative)
-    if row is None:
+  def file_of(self, relative: str) -> str:
+    """The indexed file at an archive-relative path; NotInIndex for anything else."""
+    file = self.by_name.get(relative)
+    if file is None:
       raise NotInIndex(f"{relative[:200]!r} is no image of this index")
-    return row
+    return file
 
   def png(self, relative: str) -> bytes:
     """Thumbnail bytes of the indexed image at `relative`."""
-    row = self.row_of(relative)
-    real = os.path.realpath(self.paths[row])
+    file = self.file_of(relative)
+    real = os.path.realpath(file)
     if os.path.commonpath([real, self.real_root]) != self.real_root:
       raise OutsideArchive(f"{relative[:200]!r} resolves outside the archive; not served")
-    return self._png(row)
+    return self._png(file)
 
   @functools.lru_cache(maxsize=CACHE_ITEMS)
-  def _png(self, row: int) -> bytes:
+  def _png(self, file: str) -> bytes:
     from PIL import Image
 
     from rsjax.data import decode
 
-    array = decode.to_uint8(decode.decode_file(self.paths[row]))
+    array = decode.to_uint8(decode.decode_file(file))
     image = Image.fromarray(array[..., :3] if array.shape[-1] >= 3 else array[..., 0])
     scale = THUMB_PX / max(image.size)
     # Small tiles are enlarged with nearest neighbours: their pixels stay visible, not blurred.

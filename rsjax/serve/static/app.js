@@ -25,14 +25,30 @@ function card(hit, origin) {
   const div = document.createElement("div");
   div.className = "card" + (hit.id === origin ? " origin" : "");
   div.dataset.id = hit.id;
-  const img = document.createElement("img");
-  img.src = hit.thumb;
-  img.alt = hit.name;
-  img.loading = "lazy";
+  // A pair index's result: its before and after images side by side, each labelled.
+  const pictures = hit.before ? [["before", hit.before], ["after", hit.after]] : [[null, hit]];
+  const images = document.createElement("div");
+  images.className = hit.before ? "images pair" : "images";
+  for (const [side, picture] of pictures) {
+    const figure = document.createElement("figure");
+    if (side) figure.className = side;
+    const img = document.createElement("img");
+    img.src = picture.thumb;
+    img.alt = (side ? side + ": " : "") + picture.name;
+    img.title = picture.path;
+    img.loading = "lazy";
+    figure.append(img);
+    if (side) {
+      const label = document.createElement("figcaption");
+      label.textContent = side;
+      figure.append(label);
+    }
+    images.append(figure);
+  }
   const name = document.createElement("div");
   name.className = "name";
-  name.textContent = hit.name;
-  name.title = hit.path;
+  name.textContent = hit.before ? `${hit.before.name} → ${hit.after.name}` : hit.name;
+  name.title = hit.before ? `${hit.before.path} → ${hit.after.path}` : hit.path;
   const meta = document.createElement("div");
   meta.className = "meta";
   const score = document.createElement("span");
@@ -45,7 +61,7 @@ function card(hit, origin) {
   more.textContent = "more like this";
   more.addEventListener("click", () => similar(hit.id));
   meta.append(score, more);
-  div.append(img, name, meta);
+  div.append(images, name, meta);
   return div;
 }
 
@@ -105,7 +121,12 @@ async function start() {
   }
   $("bbox-label").hidden = !info.footprints;
   if (info.extent) $("bbox").placeholder = info.extent.map((v) => v.toFixed(3)).join(",");
-  $("info").textContent = `${info.rows.toLocaleString()} images, ${info.dim}-d ` +
+  if (info.pairs) {
+    document.body.classList.add("pairs");
+    $("q").placeholder = "describe a change: e.g. two buildings were built near the road";
+  }
+  const rows = info.pairs ? "before/after pairs" : "images";
+  $("info").textContent = `${info.rows.toLocaleString()} ${rows}, ${info.dim}-d ` +
     `${info.dense_dtype}` + (info.bits ? `, ${info.bits}-bit codes` : ", no binary codes") +
     (info.footprints ? `, ${info.footprints} with footprints` : "") +
     ` · model step ${info.model_step}`;
