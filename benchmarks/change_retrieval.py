@@ -14,7 +14,7 @@ Rows: one per variant (`variant`, `mR_changed`, `mR_unchanged`, `mR_all`, `no_ch
 the ratios per step count. Finished runs under --workdir are reused. Every train / eval takes
 /tmp/rsjax_heavy.lock, so that it does not share the CPU with another heavy run.
 
-  .venv/bin/python benchmarks/change_retrieval.py [--steps 1000,1500] [--seed 0]
+  .venv/bin/python benchmarks/change_retrieval.py [--steps 1000[,1500]] [--seed 0]
       [--variants pair,late_fusion,second_image] [--workdir runs/change_retrieval]
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default=os.path.join(REPO, "runs", "change_retrieval"))
   p.add_argument("--variants", default="pair,late_fusion,second_image")
-  p.add_argument("--steps", default="1000,1500", help="training steps, comma-separated")
+  p.add_argument("--steps", default="1000", help="training steps, comma-separated")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
   rows, ratios = [], {}

@@ -34,7 +34,9 @@ def rsjax(*args: str) -> None:
     fcntl.flock(lock, fcntl.LOCK_EX)
     print("$ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    # This checkout's rsjax, whichever checkout the venv's editable install points at.
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": path})
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 

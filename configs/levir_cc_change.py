@@ -22,8 +22,9 @@ them (rsjax/data/levir_layout.py; the same reader and checks):
 Args: path=DIR or FILE (LevirCCcaptions.json or its folder; LEVIR-MCI: the folder of
 train.txt / val.txt / test.txt and tokens/), image_root=DIR ("" = beside the annotations),
 format=levir_cc|levir_mci (default levir_cc), fusion=tokens|late_fusion|second_image (default
-tokens), steps=N (1000), res=N (64: LEVIR-CC's images are 256 px, resized to 64 so that a CPU
-trains in minutes; use 128 or 256 on an accelerator), runlocal (a seconds-long check).
+tokens), detector=pixels|pooled (default pixels, as configs/rs_synth_change.py), steps=N (1000),
+res=N (64: LEVIR-CC's images are 256 px, resized to 64 so that a CPU trains in minutes; use 128
+or 256 on an accelerator), runlocal (a seconds-long check).
 Bad pairs stop the run with each named; --set data.skip_bad_records=True skips and lists them.
 """
 
@@ -43,7 +44,8 @@ def get_config(arg=None):
   # LEVIR-CC's sentences run to about 30 words, longer than RS-Synth's.
   c.model.text.context_length = 32
   c.model.temporal = default_temporal_config()
-  c.model.temporal.update(fusion=args.get("fusion", "tokens"), dates=2, heads=c.model.image.heads)
+  c.model.temporal.update(fusion=args.get("fusion", "tokens"), dates=2, heads=c.model.image.heads,
+                          detector=args.get("detector", "pixels"))
   # Caption positives need the whole [B, B] logits (about half of LEVIR-CC's pairs share
   # no-change captions); on several devices XLA shards them.
   c.train.update(steps=int(args.get("steps", 1000)), positives="caption", loss_sharding="auto")

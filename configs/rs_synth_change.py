@@ -8,7 +8,8 @@ pairs and per change type; no-change accuracy; BLEU-4 / CIDEr-D of the retrieved
   rsjax train --config configs/rs_synth_change.py:fusion=late_fusion --workdir runs/change_late
   rsjax train --config configs/rs_synth_change.py:runlocal --workdir /tmp/change_check
 
-Args: fusion=tokens|late_fusion|second_image (default tokens), dates=N (2), steps=N,
+Args: fusion=tokens|late_fusion|second_image (default tokens), detector=pixels|pooled (pixels),
+dates=N (2), steps=N,
 runlocal (a seconds-long check on small splits).
 """
 
@@ -22,8 +23,10 @@ def get_config(arg=None):
   c.data = dict(name="rs_synth_change", seed=0, image_size=64, num_train=8000, num_val=500,
                 num_test=1000, dates=int(args.get("dates", 2)), no_change=0.5, cache_dir="")
   c.model.temporal = default_temporal_config()
+  # detector: the change / no-change head on the pixels of both dates (a change of a few pixels
+  # is lost in the trunk's stride-16 tokens; rsjax/models/change_detector.py).
   c.model.temporal.update(fusion=args.get("fusion", "tokens"), dates=int(args.get("dates", 2)),
-                          heads=c.model.image.heads)
+                          heads=c.model.image.heads, detector=args.get("detector", "pixels"))
   # Caption positives need the whole [B, B] logits; on several devices XLA shards them.
   c.train.update(steps=int(args.get("steps", 1000)), positives="caption", loss_sharding="auto")
   c.eval.update(evaluators=("retrieval", "change"), at_step0=False)

@@ -51,11 +51,13 @@ def _init(config, size=32, context=12):
   return model, nn.meta.unbox(params)
 
 
-def test_pyramid_with_zero_gate_equals_plain_vit_exactly():
+@pytest.mark.parametrize("lateral", ["none", "pixels"])
+def test_pyramid_with_zero_gate_equals_plain_vit_exactly(lateral):
   with_pyr = _small()
   with_pyr.image.pyramid.update(enabled=True, taps=(0, 1, 2, 3), strides=(4, 8, 16, 32),
-                                channels=16)
+                                channels=16, lateral=lateral)
   model, params = _init(with_pyr)
+  assert ("lateral" in params["image"]["pyramid"]) == (lateral == "pixels")
   assert float(params["image"]["pyramid"]["gate"]) == 0.0
   plain_model = TwoTower(_small())
   plain_params = dict(params)
@@ -84,6 +86,9 @@ def test_text_embedding_ignores_padding(pool, causal):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+LATERAL_PYRAMID = dict(enabled=True, taps=(1, 3), strides=(4, 8), channels=16, lateral="pixels")
+
+
 def test_remat_and_scan_keep_the_function():
   base = _small()
   model, params = _init(base)
@@ -93,6 +98,16 @@ def test_remat_and_scan_keep_the_function():
   remat.remat = "dots"
   got = TwoTower(remat).apply({"params": params}, images, method=TwoTower(remat).encode_image)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  # A hybrid pyramid (pixel laterals) with its gate open: the same function under remat.
+  hybrid = _small()
+  hybrid.image.pyramid.update(LATERAL_PYRAMID)
+  hybrid_model, hybrid_params = _init(hybrid)
+  hybrid_params["image"]["pyramid"]["gate"] = jnp.float32(1.0)
+  want = hybrid_model.apply({"params": hybrid_params}, images, method=hybrid_model.encode_image)
+  hybrid.remat = "dots"
+  got = TwoTower(hybrid).apply({"params": hybrid_params}, images,
+                               method=TwoTower(hybrid).encode_image)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
   # Scanned blocks: same parameter count, parameters stacked on a leading layers axis.
   scan = _small()
   scan.scan = True
@@ -101,6 +116,29 @@ def test_remat_and_scan_keep_the_function():
   assert count(scan_params) == count(params)
   stacked = scan_params["image"]["encoder"]["blocks0_3"]["block"]["attn"]["qkv_kernel"]
   assert stacked.shape == (4, 32, 3, 2, 16)
+
+
+def test_hybrid_pyramid_under_scan_is_the_unscanned_function():
+  """Scanned blocks tapped by the pyramid (taps 1 and 3 split the scan in two) with pixel
+  laterals: the unscanned model with the same (unstacked) parameters gives the same embedding."""
+  from flax import traverse_util
+
+  from rsjax.convert.keymap import unscan_layout
+
+  scanned = _small()
+  scanned.image.pyramid.update(LATERAL_PYRAMID)
+  scanned.scan = True
+  model, params = _init(scanned)
+  params["image"]["pyramid"]["gate"] = jnp.float32(1.0)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  assert any("blocks" in k for k in flat)
+  unscanned = _small()
+  unscanned.image.pyramid.update(LATERAL_PYRAMID)
+  same = traverse_util.unflatten_dict(unscan_layout(flat), sep="/")
+  images = jax.random.uniform(jax.random.key(5), (2, 32, 32, 3))
+  want = TwoTower(unscanned).apply({"params": same}, images, method=TwoTower(unscanned).encode_image)
+  got = model.apply({"params": params}, images, method=model.encode_image)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 def test_hash_codes_are_signs_and_pack_round_trips():

@@ -12,6 +12,12 @@ which a mean would dilute; GeM as the alternative), the pooled vectors are conca
 to the embedding width, and the result is added to the ViT embedding through a scalar gate that
 starts at zero, so at initialisation the image embedding is exactly the plain ViT's (an imported CLIP
 is unchanged until fine-tuning learns to open the gate).
+
+lateral="pixels" (a hybrid FPN): levels finer than the patch also get a lateral input from the
+pixels, a small conv stem of its own (3x3 stride-2 convolutions, one per halving) whose stride-4 /
+stride-8 outputs are added to those levels' maps. Without it, the fine levels are upsampled from
+stride-16 tokens, in which an object of 2-4 pixels has already been averaged with its surroundings.
+The lateral stem is part of the pyramid, behind the same zero gate.
 """
 
 from __future__ import annotations
@@ -95,6 +101,35 @@ class GeMPool(nn.Module):
     return jnp.mean(x ** p, axis=1) ** (1.0 / p)
 
 
+LATERALS = ("none", "pixels")
+
+
+class PixelLaterals(nn.Module):
+  """Images [B, H, W, C] -> {stride: [B, H/stride, W/stride, channels]} for each of `strides`
+  (powers of two): 3x3 stride-2 convolutions, widths doubling up to `channels`, each output
+  taken at its stride through a 1x1 convolution."""
+  strides: tuple[int, ...]
+  channels: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> dict[int, jax.Array]:
+    for stride in self.strides:
+      if stride < 2 or stride & (stride - 1):
+        raise ConfigError(f"config key 'model.image.pyramid.strides': a pixel lateral needs "
+                          f"power-of-two strides, got {stride}")
+    halvings = max(self.strides).bit_length() - 1
+    x, out = images.astype(self.dtype), {}
+    for i in range(1, halvings + 1):
+      width = max(8, self.channels // 2 ** (halvings - i))
+      x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                          kernel_init=conv_init, name=f"conv_s{2 ** i}")(x))
+      if 2 ** i in self.strides:
+        out[2 ** i] = nn.Conv(self.channels, (1, 1), dtype=self.dtype, kernel_init=conv_init,
+                              name=f"proj_s{2 ** i}")(x)
+    return out
+
+
 class FeaturePyramid(nn.Module):
   """Taps {layer: [B, 1+h*w, D]} -> pooled multi-scale vector projected to [B, E], times a zero gate.
 
@@ -107,19 +142,37 @@ class FeaturePyramid(nn.Module):
   embed_dim: int
   pool: str = "attention"
   dtype: Dtype = jnp.float32
+  lateral: str = "none"   # "pixels": lateral inputs from the pixels into the levels finer than the patch
 
   @nn.compact
-  def __call__(self, taps: dict[int, jax.Array], regions: bool = False) -> dict:
-    """`regions` adds "contributions" {stride: [B, h, w, E]}: what each position of a level adds
-    to the embedding when that level's pooling takes it alone (the heat maps' pyramid regions;
-    the same parameters, none added)."""
+  def __call__(self, taps: dict[int, jax.Array], regions: bool = False,
+               images: jax.Array | None = None) -> dict:
+    """`images` [B, H, W, C]: the trunk's input (lateral="pixels" reads it). `regions` adds
+    "contributions" {stride: [B, h, w, E]}: what each position of a level adds to the embedding
+    when that level's pooling takes it alone (the heat maps' pyramid regions; the same
+    parameters, none added)."""
     gh, gw = self.grid
     pooled, maps, alone = [], {}, []
+    laterals = {}
+    if self.lateral not in LATERALS:
+      raise ConfigError(f"config key 'model.image.pyramid.lateral': unknown {self.lateral!r}, "
+                        f"choose from {LATERALS}")
+    fine = tuple(stride for _, stride in self.levels if stride < self.patch_size)
+    if self.lateral == "pixels" and fine:
+      laterals = PixelLaterals(fine, self.channels, self.dtype, name="lateral")(images)
     for layer, stride in self.levels:
       tokens = taps[layer][:, 1:]  # drop [CLS]
       fmap = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
       fmap = Resample(self.patch_size, stride, self.channels, self.dtype,
                       name=f"resample_s{stride}")(fmap)
+      if stride in laterals:
+        side = laterals[stride]
+        if side.shape[1:3] != fmap.shape[1:3]:
+          raise ConfigError(f"config key 'model.image.pyramid.lateral': the stride-{stride} level "
+                            f"is {fmap.shape[1]}x{fmap.shape[2]} but the pixels give "
+                            f"{side.shape[1]}x{side.shape[2]}; use an image size divisible by "
+                            f"the patch size {self.patch_size}")
+        fmap = fmap + side
       fmap = LayerNorm(dtype=self.dtype, name=f"norm_s{stride}")(fmap)
       maps[stride] = fmap
       flat = fmap.reshape(fmap.shape[0], -1, self.channels)

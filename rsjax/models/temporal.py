@@ -13,8 +13,9 @@ weights. `fusion` then picks how the dates meet:
 - "late_fusion" (a baseline): the difference of the last and first dates' global embeddings.
 - "second_image" (a baseline): the last date's global embedding alone.
 
-Every variant also returns a change logit (a jointly trained change / no-change head), so that
-"no change" is an answer of its own and not only a caption to retrieve. Parameters of the trunk,
+Every variant also returns a change logit (a jointly trained change / no-change head, on the
+pooled change vector or on the pixels: rsjax/models/change_detector.py), so that "no change" is an
+answer of its own and not only a caption to retrieve. Parameters of the trunk,
 text tower and heads keep TwoTower's names: a single-image checkpoint initialises them
 (init.checkpoint), and the fusion starts fresh.
 """
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rsjax.errors import ConfigError
+from rsjax.models.change_detector import PixelChangeDetector, check_detector
 from rsjax.models.heads import ProjectionHead, l2_normalize, pack_codes
 from rsjax.models.layers import Encoder, LayerNorm, logical
 from rsjax.models.two_tower import TwoTower
@@ -42,6 +44,7 @@ def default_temporal_config() -> ml_collections.ConfigDict:
       max_dates=4,       # date embeddings held: sequences of 2..max_dates dates
       depth=2,           # fusion blocks (fusion="tokens")
       heads=4,
+      detector="pooled",  # the change / no-change head: pooled | pixels (models/change_detector.py)
   ))
 
 
@@ -106,7 +109,12 @@ class ChangeTwoTower(TwoTower):
       self.change_proj = ProjectionHead(self.config.embed_dim, self.config.projection)
     elif t.fusion == "late_fusion":
       self.change_proj = ProjectionHead(self.config.embed_dim, "mlp")
-    self.change_head = nn.Dense(1, kernel_init=logical(nn.initializers.zeros, ("embed", None)))
+    detector = t.get("detector", "pooled")
+    check_detector(detector)
+    if detector == "pixels":
+      self.change_head = PixelChangeDetector()
+    else:
+      self.change_head = nn.Dense(1, kernel_init=logical(nn.initializers.zeros, ("embed", None)))
 
   def _dates(self, images: jax.Array) -> dict:
     """[B, T, H, W, 3] -> {"embedding": [B, E] (not normalised), "change_logit": [B]}."""
@@ -127,7 +135,10 @@ class ChangeTwoTower(TwoTower):
       embedding = self.change_proj(feature)
     else:
       feature = embedding = emb[:, -1]
-    logit = self.change_head(feature.astype(jnp.float32))[:, 0]
+    if self.config.temporal.get("detector", "pooled") == "pixels":
+      logit = self.change_head(images)
+    else:
+      logit = self.change_head(feature.astype(jnp.float32))[:, 0]
     return {"embedding": embedding, "change_logit": logit}
 
   def image_regions(self, images: jax.Array) -> dict:

@@ -53,6 +53,7 @@ class TwoTower(nn.Module):
         input_mean=tuple(c.image.get("input_mean", ())), input_std=tuple(c.image.get("input_std", ())),
         pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
         pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool,
+        pyramid_lateral=pyramid.get("lateral", "none"),
         peft=peft.settings_for(c, "image"), **image_kw)
     self.text = TextTransformer(
         vocab_size=c.text.vocab_size, context_length=c.text.context_length, width=c.text.width,
