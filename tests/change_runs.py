@@ -1,5 +1,6 @@
 """A tiny trained change encoder and a pair index over RS-Synth temporal pairs, made once per test
-session (conftest.py's `change_run` and `pair_index` fixtures) for the change, index and serve tests."""
+session (conftest.py's `change_run` and `pair_index` fixtures) for the change, resume, index and
+serve tests."""
 
 import os
 
@@ -10,13 +11,14 @@ PAIRS = 6  # pairs in the shared pair index
 def tiny_change_overrides(*extra: str) -> list[str]:
   from helpers import TINY
   keep = [o for o in TINY if o.startswith(("model.", "data.image_size"))]
-  return keep + ["data.num_train=32", "data.num_val=8", "data.num_test=16", "train.steps=2",
+  return keep + ["data.num_train=32", "data.num_val=8", "data.num_test=16", "train.steps=4",
                  "train.checkpoint_every=2", "model.temporal.heads=2", "model.hashing.bits=16",
                  *extra]
 
 
 def train_change_run(tmp) -> tuple[dict, str, list[str]]:
-  """A change encoder trained 2 steps in tmp: (its final results, workdir, the config's overrides)."""
+  """A change encoder trained 4 steps in tmp (checkpoints at 2 and 4): (its final results,
+  workdir, the config's overrides)."""
   from rsjax.config import load_config
   from rsjax.train import loop as train_loop
 

@@ -36,7 +36,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def change_run(tmp_path_factory):
-  """A tiny change encoder trained 2 steps: (its final results, workdir, the config's overrides)."""
+  """A tiny change encoder trained 4 steps: (its final results, workdir, the config's overrides)."""
   from change_runs import train_change_run
   return train_change_run(tmp_path_factory.mktemp("change"))
 

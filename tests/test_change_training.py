@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from change_runs import CHANGE_CONFIG, PAIRS, index_command, tiny_change_overrides, write_pairs
+from change_runs import CHANGE_CONFIG, PAIRS, index_command, write_pairs
 from rsjax.data import augment, pipeline
 
 
@@ -158,7 +158,9 @@ def test_bad_pairs_are_named_or_skipped(change_run, tmp_path, capsys):
   assert "lonely.png" in captured.out and "odd.png" in captured.out   # listed, left out
 
 
-def test_a_pair_run_resumes_bit_identically(tmp_path):
+def test_a_pair_run_resumes_bit_identically(change_run, tmp_path):
+  """Crashed after step 3 (last checkpoint: step 2) and resumed: the session's change run (the
+  same config, uninterrupted) to the bit, its logged losses included."""
   import json
 
   import jax
@@ -167,8 +169,8 @@ def test_a_pair_run_resumes_bit_identically(tmp_path):
   from rsjax.config import load_config
   from rsjax.train import loop as train_loop
 
-  config = load_config(CHANGE_CONFIG, tiny_change_overrides(
-      "data.cache_dir=" + str(tmp_path), "train.steps=4", "eval.every=0"))
+  _, straight, overrides = change_run
+  config = load_config(CHANGE_CONFIG, overrides)
 
   def final(workdir):
     step, params = final_state(config, workdir)
@@ -176,12 +178,11 @@ def test_a_pair_run_resumes_bit_identically(tmp_path):
       logged = [(r["step"], r["loss"], r["change_loss"]) for r in map(json.loads, f) if "loss" in r]
     return step, params, logged
 
-  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train_loop.train(config, straight)
+  resumed = str(tmp_path / "resumed")
   with pytest.raises(RuntimeError, match="simulated crash after step 3"):
-    train_loop.train(config, resumed, crash_after_step=3)    # last checkpoint: step 2
+    train_loop.train(config, resumed, crash_after_step=3)
   train_loop.train(config, resumed)
   (step_a, params_a, log_a), (step_b, params_b, log_b) = final(straight), final(resumed)
   assert step_a == step_b == 4 and log_a == log_b and len(log_a) == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
-    np.testing.assert_array_equal(a, b)   # the fusion, change head and both towers, bit-exact
+    np.testing.assert_array_equal(a, b)   # the fusion, detector, change head and both towers

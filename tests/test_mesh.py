@@ -159,3 +159,27 @@ def test_checkpoint_restores_onto_another_mesh(initial_state, tmp_path):
   resumed, resumed_losses = _steps(mesh_b, restored, step_b, [next(resumed_it), next(resumed_it)])
   np.testing.assert_allclose(resumed_losses, straight_losses, rtol=1e-5)
   _assert_params_close(jax.device_get(resumed.params), jax.device_get(straight.params))
+
+
+HYBRID = ("model.image.pyramid.enabled=True", "model.image.pyramid.taps=(0, 0)",
+          "model.image.pyramid.lateral=pixels")
+
+
+def test_a_hybrid_pyramid_trains_on_a_2x4_mesh_like_one_device():
+  """The pyramid with pixel laterals, sharded on data x FSDP: three steps (the zero gate opens
+  at the first, the laterals learn from the second) equal one device's."""
+  config = _config((1, 1, 1), *HYBRID)
+  mesh = parallel.make_mesh(config, _devices((1, 1, 1)))
+  state, _ = state_lib.init_state(state_lib.create_model(config),
+                                  optim.make_optimizer(config.train), config, mesh,
+                                  jax.random.key(0))
+  host = jax.device_get(state)
+  batches = random_batches(seed=0, count=3)
+  one, losses_one = _run(host, (1, 1, 1), batches, *HYBRID)
+  mesh_run, losses_mesh = _run(host, (2, 4, 1), batches, *HYBRID)
+  np.testing.assert_allclose(losses_mesh, losses_one, rtol=1e-5)
+  _assert_params_close(jax.device_get(mesh_run.params), jax.device_get(one.params))
+  pyramid = jax.device_get(one.params)["image"]["pyramid"]
+  assert float(pyramid["gate"]) != 0.0
+  before = host.params["image"]["pyramid"]["lateral"]["conv_s2"]["kernel"]
+  assert float(np.abs(pyramid["lateral"]["conv_s2"]["kernel"] - before).max()) > 0
