@@ -18,7 +18,7 @@ run takes benchmarks/common.HEAVY_LOCK.
 Rows: one per variant, subset and seed (`variant`, `subset`, `seed`, `mR`, `steps`,
 `train_wall_s`, `params`).
 
-  .venv/bin/python benchmarks/multiscale.py [--variants plain,pyramid_lateral] [--seeds 0,1]
+  .venv/bin/python benchmarks/multiscale.py [--variants plain,pyramid,pyramid_lateral] [--seeds 0,1]
       [--steps 1150] [--workdir runs/multiscale]
 """
 
@@ -79,13 +79,14 @@ def run(variant: str, steps: int, seed: int, workdir: str) -> list[dict]:
   wall = float(open(wall_path).read())
   return [{"variant": variant, "subset": subset, "seed": seed,
            "mR": full["splits"][subset]["retrieval"]["mR"], "steps": steps,
-           "train_wall_s": wall, "params": full["efficiency"]["params"]} for subset in SUBSETS]
+           "train_wall_s": wall, "params": full["efficiency"]["params"]["total"]}
+          for subset in SUBSETS]
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default=os.path.join(REPO, "runs", "multiscale"))
-  p.add_argument("--variants", default="plain,pyramid_lateral")
+  p.add_argument("--variants", default="plain,pyramid,pyramid_lateral")
   p.add_argument("--seeds", default="0,1")
   p.add_argument("--steps", type=int, default=1150, help="the plain ViT's training steps")
   args = p.parse_args()
