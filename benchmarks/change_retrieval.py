@@ -24,11 +24,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO, markdown_table, report, rsjax  # noqa: E402
+from benchmarks.common import REPO, markdown_table, report, train_and_evaluate  # noqa: E402
 
 FUSION = {"pair": "tokens", "late_fusion": "late_fusion", "second_image": "second_image"}
 
@@ -38,17 +37,8 @@ def run(variant: str, steps: int, seed: int, workdir: str) -> dict:
   config = os.path.join(REPO, "configs", "rs_synth_change.py") + \
       f":fusion={FUSION[variant]},steps={steps}"
   args = ["--config", config, "--set", f"train.seed={seed}"]
-  wall_path = os.path.join(workdir, "train_wall_s.txt")
-  if not os.path.exists(wall_path):
-    started = time.perf_counter()
-    rsjax("train", *args, "--workdir", workdir)
-    with open(wall_path, "w") as f:
-      f.write(f"{time.perf_counter() - started:.1f}\n")
-  full_path = os.path.join(workdir, "eval_full.json")
-  if not os.path.exists(full_path) or "test" not in json.load(open(full_path))["splits"]:
-    rsjax("eval", *args, "--workdir", workdir, "--splits", "test")
-  with open(full_path) as f:
-    change = json.load(f)["splits"]["test"]["change"]
+  full, wall = train_and_evaluate(args, workdir, ["test"])
+  change = full["splits"]["test"]["change"]
   from rsjax.config import load_config
   batch = load_config(config, []).train.batch_size
   r = change["recalls"]
@@ -56,7 +46,7 @@ def run(variant: str, steps: int, seed: int, workdir: str) -> dict:
   return {"variant": variant, "mR_changed": r["changed"]["mR"], "mR_unchanged": r["unchanged"]["mR"],
           "mR_all": r["all"]["mR"], "no_change_acc": change["detection"]["accuracy"],
           "bleu4": caps.get("bleu4"), "cider_d": caps.get("cider_d"),
-          "wall_s": float(open(wall_path).read()), "steps": steps, "batch": batch, "seed": seed}
+          "wall_s": wall, "steps": steps, "batch": batch, "seed": seed}
 
 
 def main() -> None:

@@ -40,6 +40,25 @@ def rsjax(*args: str) -> None:
     print(f"  ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
+def train_and_evaluate(args: Sequence[str], workdir: str, splits: Sequence[str]
+                       ) -> tuple[dict, float]:
+  """`rsjax train ARGS` into workdir (unless done) and `rsjax eval ARGS --splits ...` (unless
+  every split is in its eval_full.json): (eval_full.json's contents, the training's wall s)."""
+  import json
+
+  wall_path = os.path.join(workdir, "train_wall_s.txt")
+  if not os.path.exists(wall_path):
+    started = time.perf_counter()
+    rsjax("train", *args, "--workdir", workdir)
+    with open(wall_path, "w") as f:
+      f.write(f"{time.perf_counter() - started:.1f}\n")
+  full_path = os.path.join(workdir, "eval_full.json")
+  if not os.path.exists(full_path) or set(splits) - set(json.load(open(full_path))["splits"]):
+    rsjax("eval", *args, "--workdir", workdir, "--splits", ",".join(splits))
+  with open(full_path) as f, open(wall_path) as w:
+    return json.load(f), float(w.read())
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
   if not rows:
     return "(no rows)"

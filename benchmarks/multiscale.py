@@ -7,7 +7,8 @@ and `small_objects` evaluation subsets) trained once per variant and seed:
 - "plain": the ViT alone (model.image.pyramid.enabled=False), trained --steps steps;
 - "pyramid": the simple pyramid (levels at strides 4 and 8 resampled from the trunk's tokens);
 - "pyramid_lateral": the same with lateral inputs from the pixels into the fine levels
-  (model.image.pyramid.lateral=pixels, a hybrid FPN: rsjax/models/pyramid.py).
+  (model.image.pyramid.lateral=pixels, a hybrid FPN: rsjax/models/pyramid.py);
+- "pyramid_open": the simple pyramid with its gate starting at 1 (gate_init=1.0), not 0.
 
 Equal wall clock: a short calibration run per variant (60 steps, the last 40 timed from the
 trainer's images/s) gives its step time, and each variant trains for as many steps as fit in the
@@ -28,11 +29,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO, markdown_table, report, rsjax  # noqa: E402
+from benchmarks.common import REPO, markdown_table, report, rsjax, train_and_evaluate  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "smoke.py")
 SUBSETS = ("test", "small_objects", "multiscale")
@@ -40,6 +40,7 @@ VARIANTS = {
     "plain": ["model.image.pyramid.enabled=False"],
     "pyramid": ["model.image.pyramid.enabled=True"],
     "pyramid_lateral": ["model.image.pyramid.enabled=True", "model.image.pyramid.lateral=pixels"],
+    "pyramid_open": ["model.image.pyramid.enabled=True", "model.image.pyramid.gate_init=1.0"],
 }
 CALIBRATION_STEPS = 60
 
@@ -65,18 +66,7 @@ def run(variant: str, steps: int, seed: int, workdir: str) -> list[dict]:
   """Train (unless done) and evaluate (unless done); the variant's rows, one per subset."""
   args = ["--config", CONFIG, *sets(*VARIANTS[variant], f"train.steps={steps}",
                                     f"train.seed={seed}")]
-  wall_path = os.path.join(workdir, "train_wall_s.txt")
-  if not os.path.exists(wall_path):
-    started = time.perf_counter()
-    rsjax("train", *args, "--workdir", workdir)
-    with open(wall_path, "w") as f:
-      f.write(f"{time.perf_counter() - started:.1f}\n")
-  full_path = os.path.join(workdir, "eval_full.json")
-  if not os.path.exists(full_path) or set(SUBSETS) - set(json.load(open(full_path))["splits"]):
-    rsjax("eval", *args, "--workdir", workdir, "--splits", ",".join(SUBSETS))
-  with open(full_path) as f:
-    full = json.load(f)
-  wall = float(open(wall_path).read())
+  full, wall = train_and_evaluate(args, workdir, SUBSETS)
   return [{"variant": variant, "subset": subset, "seed": seed,
            "mR": full["splits"][subset]["retrieval"]["mR"], "steps": steps,
            "train_wall_s": wall, "params": full["efficiency"]["params"]["total"]}

@@ -72,6 +72,12 @@ def test_pyramid_with_zero_gate_equals_plain_vit_exactly(lateral):
   params["image"]["pyramid"]["gate"] = jnp.float32(1.0)
   c = model.apply({"params": params}, images, method=model.encode_image)
   assert float(jnp.abs(c - a).max()) > 1e-4
+  # gate_init starts the gate open (training from scratch); the rest is initialised the same.
+  with_pyr.image.pyramid.gate_init = 1.0
+  _, opened = _init(with_pyr)
+  assert float(opened["image"]["pyramid"]["gate"]) == 1.0
+  np.testing.assert_array_equal(
+      np.asarray(model.apply({"params": opened}, images, method=model.encode_image)), np.asarray(c))
 
 
 @pytest.mark.parametrize("pool,causal", [("eot", True), ("mean", False), ("cls", False)])

@@ -96,13 +96,18 @@ def synth_index(tmp_path_factory):
   return out, run, archive
 
 
-@pytest.fixture(scope="session")
-def synth_server(synth_index):
-  engine = Engine(synth_index[0])
+def serving(index_path: str):
+  """A Server over the index at index_path (with its Engine as .engine), stopped afterwards."""
+  engine = Engine(index_path)
   server = Server(create_app(engine))
   server.engine = engine
   yield server
   server.stop()
+
+
+@pytest.fixture(scope="session")
+def synth_server(synth_index):
+  yield from serving(synth_index[0])
 
 
 def exact_top(engine: Engine, text: str, k: int) -> list[int]:
@@ -157,11 +162,7 @@ def test_bbox_filter_keeps_only_tiles_inside(synth_server):
 
 @pytest.fixture(scope="session")
 def pair_server(pair_index):
-  engine = Engine(pair_index[0])
-  server = Server(create_app(engine))
-  server.engine = engine
-  yield server
-  server.stop()
+  yield from serving(pair_index[0])
 
 
 def thumbnail_pixels(port: int, url: str) -> np.ndarray:

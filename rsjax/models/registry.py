@@ -47,9 +47,10 @@ def default_model_config() -> ml_collections.ConfigDict:
                  input_norm="none",  # "clip": CLIP's mean/std on the [-1, 1] input (converted weights)
                  # "dataset": these per-channel pixel statistics (0..255 scale) of the data set
                  input_mean=(), input_std=(),
-                 # lateral: "pixels" feeds the levels finer than the patch from the pixels
+                 # lateral: "pixels" feeds the levels finer than the patch from the pixels;
+                 # gate_init: the gate's start (0: the plain ViT's embedding at initialisation)
                  pyramid=dict(enabled=False, taps=(1, 3), strides=(4, 8), channels=64,
-                              pool="attention", lateral="none")),
+                              pool="attention", lateral="none", gate_init=0.0)),
       text=dict(vocab_size=512, context_length=24, width=128, depth=3, heads=2, mlp_ratio=4.0,
                 causal=True, pool="eot"),
       hashing=dict(bits=0, beta_start=1.0, beta_end=10.0),  # bits > 0 adds a hashing head

@@ -54,6 +54,7 @@ class TwoTower(nn.Module):
         pyramid_levels=_levels(pyramid) if pyramid.enabled else (),
         pyramid_channels=pyramid.channels, pyramid_pool=pyramid.pool,
         pyramid_lateral=pyramid.get("lateral", "none"),
+        pyramid_gate_init=float(pyramid.get("gate_init", 0.0)),
         peft=peft.settings_for(c, "image"), **image_kw)
     self.text = TextTransformer(
         vocab_size=c.text.vocab_size, context_length=c.text.context_length, width=c.text.width,

@@ -52,6 +52,7 @@ class VisionTransformer(nn.Module):
   pyramid_channels: int = 256
   pyramid_pool: str = "attention"
   pyramid_lateral: str = "none"  # "pixels": a hybrid FPN (rsjax/models/pyramid.py)
+  pyramid_gate_init: float = 0.0
   # What the [-1, 1] input images are mapped to first: "none" keeps them; "clip" applies CLIP's
   # per-channel mean/std normalization (OpenAI's constants), which converted CLIP weights expect.
   input_norm: str = "none"
@@ -139,7 +140,7 @@ class VisionTransformer(nn.Module):
     if self.pyramid_levels:
       pyr = FeaturePyramid(self.pyramid_levels, self.patch_size, (gh, gw), self.pyramid_channels,
                            self.embed_dim, self.pyramid_pool, self.dtype, self.pyramid_lateral,
-                           name="pyramid")(tapped, regions, images)
+                           self.pyramid_gate_init, name="pyramid")(tapped, regions, images)
       out["embedding"] = embedding + pyr["embedding"].astype(embedding.dtype)
       out["maps"] = pyr["maps"]
       if regions:  # a level's region: the trunk's patch vector there plus the level's share
